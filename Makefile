@@ -1,0 +1,50 @@
+# phi-ray: the commands a newcomer needs. Everything installs into .venv from nothing.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+PRESET ?= tiny
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format bench install install-dev clean
+
+# torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
+# pull the multi-GB CUDA wheels on machines without a GPU.
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## demo: the tiny preset end to end on this machine (no GPU, no network)
+demo: install
+	$(BIN)/phi-ray run --preset $(PRESET)
+
+## test: the test suite (pytest, real Ray, tiny models)
+test: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## bench: each benchmark prints ratios against a baseline run in the same process
+bench: install-dev
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

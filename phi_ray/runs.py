@@ -1,0 +1,210 @@
+"""Run directories: ``<root>/<run>/<stage>/`` with ``_SUCCESS.json``, written atomically.
+
+A stage writes into ``<stage>.tmp-<id>/`` and only a finished stage is moved to
+``<stage>/`` with its ``_SUCCESS.json``; a killed stage therefore never leaves output that
+a later stage takes for complete. Work that must survive a crash (LLM response caches,
+finished scoring shards) lives in ``<run>/.work/<stage>/`` and is reused by a rerun.
+
+Paths are local or ``s3://`` / ``gs://`` URIs, through pyarrow filesystems. On object
+stores there is no atomic rename: files are copied and ``_SUCCESS.json`` is written last,
+so it remains the single commit marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pyarrow.fs as pafs
+
+SUCCESS = "_SUCCESS.json"
+_VERSIONED = ("phi-ray", "ray", "torch", "transformers", "scikit-learn", "pyarrow", "openai")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        with suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path within it) for a local path or a URI pyarrow understands."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+@dataclass
+class StageResult:
+    """What a stage's ``run`` returns."""
+
+    stage: str
+    path: str
+    skipped: bool = False
+    success: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.success.get("counts", {})
+
+
+class RunDir:
+    """One run: ``<root>/<name>``, local or on an object store."""
+
+    def __init__(self, root: str, name: str) -> None:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"run name {name!r}: must be a plain directory name")
+        self.name = name
+        self.uri = _join(root, name) if "://" in root else os.path.join(os.path.abspath(root), name)
+        self.fs, self.base = resolve_fs(self.uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.fs.create_dir(self.base, recursive=True)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RunDir:
+        return cls(cfg.run.root, cfg.run.name)
+
+    # -- paths ------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """A path (local) or URI (object store) under the run, as Ray Data and pyarrow take."""
+        if self.local:
+            return os.path.join(self.base, *parts)
+        scheme = self.uri.split("://", 1)[0]
+        return f"{scheme}://{_join(self.base, *parts)}"
+
+    def stage_path(self, stage: str) -> str:
+        return self.path(stage)
+
+    def work_path(self, stage: str) -> str:
+        """Scratch that survives crashes (caches, finished shards); created on demand."""
+        p = self.path(".work", stage)
+        self.fs.create_dir(self._fs_path(p), recursive=True)
+        return p
+
+    def _fs_path(self, p: str) -> str:
+        return p.split("://", 1)[1] if "://" in p else p
+
+    # -- success markers ----------------------------------------------------------------
+    def read_success(self, stage: str) -> dict[str, Any] | None:
+        p = self._fs_path(self.path(stage, SUCCESS))
+        try:
+            with self.fs.open_input_stream(p) as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            return None
+
+    def is_complete(self, stage: str, config_hash: str | None = None) -> bool:
+        s = self.read_success(stage)
+        return s is not None and (config_hash is None or s.get("config_hash") == config_hash)
+
+    def require(self, stage: str, needed_by: str) -> str:
+        """The path of a finished upstream stage, or a clear error saying how to make it."""
+        if not self.is_complete(stage):
+            raise FileNotFoundError(
+                f"{needed_by} needs the '{stage}' stage's output, but {self.stage_path(stage)} "
+                f"is missing or unfinished; run `phi-ray {stage} --run {self.name}` first"
+            )
+        return self.stage_path(stage)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        """Write JSON atomically (temp name, then rename) where the filesystem allows."""
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        p = self._fs_path(path)
+        if self.local:
+            tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        else:
+            with self.fs.open_output_stream(p) as f:
+                f.write(data)
+
+    # -- writing a stage ------------------------------------------------------------------
+    @contextmanager
+    def stage(self, stage: str, config_hash: str, force: bool = False) -> Iterator[StageWriter]:
+        """Write a stage's output atomically; skip when its ``_SUCCESS.json`` matches.
+
+        >>> with run.stage("ingest", cfg.section_hash("corpus")) as out:
+        ...     if out.skipped:
+        ...         return out.result
+        ...     write_files(out.tmp)
+        ...     out.finish(counts={"files_out": n})
+        """
+        writer = StageWriter(self, stage, config_hash)
+        if not force and self.is_complete(stage, config_hash):
+            writer.skipped = True
+            writer.result = StageResult(
+                stage, self.stage_path(stage), True, self.read_success(stage) or {}
+            )
+            yield writer
+            return
+        self.fs.create_dir(self._fs_path(writer.tmp), recursive=True)
+        try:
+            yield writer
+        finally:
+            if self.fs.get_file_info(self._fs_path(writer.tmp)).type != pafs.FileType.NotFound:
+                self.fs.delete_dir(self._fs_path(writer.tmp))
+        if writer.result is None:
+            raise RuntimeError(f"stage {stage}: output block ended without finish()")
+
+
+class StageWriter:
+    """Handle for one stage being written; see :meth:`RunDir.stage`."""
+
+    def __init__(self, run: RunDir, stage: str, config_hash: str) -> None:
+        self.run = run
+        self.name = stage
+        self.config_hash = config_hash
+        self.final = run.stage_path(stage)
+        self.tmp = run.path(f"{stage}.tmp-{uuid.uuid4().hex[:8]}")
+        self.started = time.time()
+        self.skipped = False
+        self.result: StageResult | None = None
+
+    def finish(self, counts: dict[str, Any] | None = None, **extra: Any) -> StageResult:
+        """Write ``_SUCCESS.json`` and move the output into place."""
+        success = {
+            "stage": self.name,
+            "config_hash": self.config_hash,
+            "started_at": self.started,
+            "finished_at": time.time(),
+            "duration_s": round(time.time() - self.started, 3),
+            "counts": counts or {},
+            "versions": package_versions(),
+            **extra,
+        }
+        run, fs = self.run, self.run.fs
+        final, tmp = run._fs_path(self.final), run._fs_path(self.tmp)
+        if run.local:
+            run.write_json(os.path.join(tmp, SUCCESS), success)
+            old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+            if os.path.exists(final):
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            # Object stores: drop the old marker first, copy, then write the marker last.
+            if fs.get_file_info(final).type != pafs.FileType.NotFound:
+                fs.delete_dir(final)
+            pafs.copy_files(tmp, final, source_filesystem=fs, destination_filesystem=fs)
+            fs.delete_dir(tmp)
+            run.write_json(run.path(self.name, SUCCESS), success)
+        self.result = StageResult(self.name, self.final, False, success)
+        return self.result

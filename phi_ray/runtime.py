@@ -1,0 +1,66 @@
+"""Process-level helpers shared by stages: Ray start-up, devices and precision."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("phi_ray")
+
+
+def init_ray(cfg: Any | None = None, **kwargs: Any) -> None:
+    """Connect to the cluster in ``run.ray_address`` / ``RAY_ADDRESS``, else start a local one.
+
+    Idempotent: a process that already has Ray initialised keeps it (tests start one per
+    session). Local clusters get no dashboard and quiet logs.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = (cfg.run.ray_address if cfg is not None else None) or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, **kwargs)
+        return
+    num_cpus = cfg.run.num_cpus if cfg is not None else None
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+        **kwargs,
+    )
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return False
+
+
+def flash_attn_available() -> bool:
+    if not cuda_available():
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pick_dtype(precision: str, device: str) -> Any:
+    """torch dtype for a precision name; ``auto`` is bf16 on GPUs that have it, else fp32.
+
+    fp16/bf16 on CPU fall back to fp32: the CPU path is for correctness, not speed.
+    """
+    import torch
+
+    if device == "cpu" or not device.startswith("cuda"):
+        return torch.float32
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
