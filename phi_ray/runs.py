@@ -12,6 +12,7 @@ so it remains the single commit marker.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -111,6 +112,16 @@ class RunDir:
     def is_complete(self, stage: str, config_hash: str | None = None) -> bool:
         s = self.read_success(stage)
         return s is not None and (config_hash is None or s.get("config_hash") == config_hash)
+
+    def config_hash(self, cfg: Any, sections: tuple[str, ...], upstream: tuple[str, ...] = ()) -> str:
+        """The hash a stage records: its config sections plus its inputs' own hashes.
+
+        Folding in the upstream stages' ``config_hash`` makes a change anywhere upstream
+        rerun everything downstream of it, while an unchanged pipeline is skipped throughout.
+        """
+        parts = [cfg.section_hash(*sections)]
+        parts += [f"{s}={(self.read_success(s) or {}).get('config_hash', '-')}" for s in upstream]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def require(self, stage: str, needed_by: str) -> str:
         """The path of a finished upstream stage, or a clear error saying how to make it."""

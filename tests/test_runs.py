@@ -60,3 +60,16 @@ def test_bad_run_names(tmp_path):
     for name in ("", "a/b", ".hidden"):
         with pytest.raises(ValueError):
             RunDir(str(tmp_path), name)
+
+
+def test_config_hash_follows_upstream(tmp_path, tiny_cfg):
+    run = RunDir(str(tmp_path), "r")
+    h0 = run.config_hash(tiny_cfg, ("annotate",), ("ingest",))
+    with run.stage("ingest", "a") as out:
+        out.finish()
+    h1 = run.config_hash(tiny_cfg, ("annotate",), ("ingest",))
+    with run.stage("ingest", "b") as out:
+        out.finish()
+    h2 = run.config_hash(tiny_cfg, ("annotate",), ("ingest",))
+    assert len({h0, h1, h2}) == 3
+    assert h2 == run.config_hash(tiny_cfg, ("annotate",), ("ingest",))
