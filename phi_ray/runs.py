@@ -113,7 +113,9 @@ class RunDir:
         s = self.read_success(stage)
         return s is not None and (config_hash is None or s.get("config_hash") == config_hash)
 
-    def config_hash(self, cfg: Any, sections: tuple[str, ...], upstream: tuple[str, ...] = ()) -> str:
+    def config_hash(
+        self, cfg: Any, sections: tuple[str, ...], upstream: tuple[str, ...] = ()
+    ) -> str:
         """The hash a stage records: its config sections plus its inputs' own hashes.
 
         Folding in the upstream stages' ``config_hash`` makes a change anywhere upstream
