@@ -1,0 +1,138 @@
+"""`ray job submit` against a real local head, and cluster.yaml through Ray's own validation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cluster_yaml_validates_with_ray():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    cfg = prepare_config(copy.deepcopy(raw))
+    validate_config(cfg)
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] == "head" and types["head"]["resources"] == {"CPU": 0}
+    gpu = types["gpu_a100"]
+    assert gpu["node_config"]["InstanceType"] == "p4d.24xlarge" and gpu["min_workers"] == 0
+    assert types["cpu_spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    image = cfg["docker"]["image"]
+    assert image.startswith("rayproject/ray:") and image.endswith("-gpu") and ":latest" not in image
+    assert any("phi-ray" in c for c in cfg["setup_commands"])
+
+
+def test_k8s_manifests_are_kuberay_resources():
+    docs = {}
+    for p in sorted((REPO / "k8s").glob("*.yaml")):
+        for d in yaml.safe_load_all(p.read_text()):
+            docs[d["kind"]] = d
+    assert {"RayCluster", "RayJob", "RayService"} <= set(docs)
+    for d in docs.values():
+        assert d["apiVersion"].startswith("ray.io/")
+    assert "jobs/pipeline.py" in docs["RayJob"]["spec"]["entrypoint"]
+    assert "serve/app.py" in json.dumps(docs["RayService"]["spec"]) or "serve.app" in json.dumps(
+        docs["RayService"]["spec"]
+    )
+
+
+@pytest.fixture
+def local_head():
+    """A real `ray start --head` on 127.0.0.1 in a temporary directory."""
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length cap
+    port, dash = _free_port(), _free_port()
+    # Ray 2.60 enables token auth for local clusters; give this head its own token, and the
+    # job client the same one, as a user of a secured cluster would.
+    token = Path(tmp) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    start = [
+        RAY,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        f"--temp-dir={tmp}",
+        "--disable-usage-stats",
+    ]
+    subprocess.run(start, check=True, capture_output=True, timeout=120, env=env)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_pipeline(local_head, tmp_path):
+    address, env = local_head
+    runs = tmp_path / "runs"
+    job_id = f"phi-ray-test-{secrets.token_hex(4)}"
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps({"excludes": [".venv", "runs", ".git", "*.egg-info"]}),
+        "--",
+        sys.executable,
+        "jobs/pipeline.py",
+        "--preset",
+        "tiny",
+        "--run",
+        "job",
+        "--runs-dir",
+        str(runs),
+        "--to",
+        "ingest",
+        "--set",
+        "corpus.sources=[{kind: stdlib, max_files: 40}]",
+    ]
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    status = subprocess.run(
+        [RAY, "job", "status", "--address", address, job_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+    # the job really ran the stage on that cluster and committed its output
+    ingest = runs / "job" / "ingest"
+    if (REPO / "phi_ray" / "corpus" / "stage.py").exists():
+        success = json.loads((ingest / "_SUCCESS.json").read_text())
+        assert success["counts"], success
+    assert time.time() - t0 < 400
