@@ -166,6 +166,10 @@ class EmbedderConfig:
     def __post_init__(self) -> None:
         _check(self.max_length > 0, "max_length", "must be > 0")
         _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(self.tiny_layers > 0, "tiny_layers", "must be > 0")
+        # CodeGen splits q/k/v into 4 groups of heads, so tiny-codegen needs heads % 4 == 0.
+        _check(self.tiny_heads > 0 and self.tiny_heads % 4 == 0, "tiny_heads", "must be 4, 8, 12..")
+        _check(self.tiny_hidden % self.tiny_heads == 0, "tiny_hidden", "must divide by tiny_heads")
 
 
 @dataclass
@@ -179,6 +183,8 @@ class QualityConfig:
     target_keep_rate: float = 0.2  # paper: ~6B of ~35B tokens kept
     concurrency: int = 1  # embedding actors when scoring
     num_gpus: float = 0.0  # per embedding actor
+    num_cpus: float = 1.0  # per embedding actor (its torch threads, rounded, at least 1)
+    batch_rows: int = 256  # rows per Ray Data batch; sorted by length into embedder batches
     rows_per_file: int = 2000
 
     def __post_init__(self) -> None:
@@ -186,6 +192,9 @@ class QualityConfig:
         _check(0.0 < self.target_keep_rate <= 1.0, "target_keep_rate", "must be in (0, 1]")
         _check(self.concurrency > 0, "concurrency", "must be > 0")
         _check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
+        _check(self.num_cpus > 0, "num_cpus", "must be > 0")
+        _check(self.batch_rows > 0, "batch_rows", "must be > 0")
+        _check(self.n_estimators > 0, "n_estimators", "must be > 0")
 
 
 @dataclass

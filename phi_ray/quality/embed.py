@@ -1,0 +1,207 @@
+"""CodeGen embeddings of code files: the features of the phi-1 quality classifier.
+
+The paper embeds each file with a pretrained CodeGen model and trains a random forest on
+the output embedding. :class:`Embedder` loads any Hugging Face model (hub id or local
+directory; ``Salesforce/codegen-350M-mono`` by default) and pools its last layer's hidden
+states over the file's tokens. ``model: tiny-codegen`` builds a small, seeded
+``CodeGenModel`` from the config's ``tiny_*`` fields instead, with the real codegen
+tokenizer, through the same code path (the tiny preset and the tests use it).
+
+Policies (documented here because the classifier's meta records them):
+
+- **Truncation**: a file is embedded from its first ``max_length`` tokens (the head is
+  kept; the imports, docstrings and first definitions are what a reader sees first).
+  Texts are cut to a character prefix before tokenizing so a 100 kB file costs no more to
+  tokenize than a short one: first ``8 * max_length`` characters, and when that yields
+  fewer than ``max_length + 64`` tokens, ``66 * max_length`` (no codegen token is longer
+  than 66 characters, so the head tokens are unchanged).
+- **Empty text**: a text with no tokens is embedded as the lone ``<|endoftext|>`` token,
+  so every input gets a finite vector.
+- **Pooling**: ``mean`` over non-pad tokens (default), ``last`` (the last real token,
+  which in a causal model has seen the whole file) or ``max`` over non-pad tokens.
+- **Batching**: rows are sorted by token length and cut into batches of ``batch_size``
+  (longest first, so memory peaks on the first batch), right-padded to the batch's
+  longest row; results come back in input order.
+- **Precision**: bf16 (fp16 where bf16 is missing) on GPUs, fp32 on CPUs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from phi_ray.config import EmbedderConfig
+from phi_ray.runtime import pick_dtype
+
+TINY = "tiny-codegen"
+MAX_TOKEN_CHARS = 66  # the longest codegen token, in characters
+_SLACK_TOKENS = 64
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer for an embedder model: the offline codegen one for ``tiny-codegen``."""
+    from phi_ray.model.tokenizer import get_tokenizer
+
+    return get_tokenizer(None if model == TINY else model)
+
+
+def _tiny_codegen(cfg: EmbedderConfig, vocab_size: int, seed: int) -> torch.nn.Module:
+    """A small, randomly initialised ``CodeGenModel``; same seed -> same weights."""
+    from transformers import CodeGenConfig, CodeGenModel
+
+    head_dim = cfg.tiny_hidden // cfg.tiny_heads
+    conf = CodeGenConfig(
+        vocab_size=vocab_size,
+        n_positions=cfg.max_length,
+        n_ctx=cfg.max_length,
+        n_embd=cfg.tiny_hidden,
+        n_layer=cfg.tiny_layers,
+        n_head=cfg.tiny_heads,
+        rotary_dim=max(2, head_dim // 2),  # codegen-350M: head_dim 64, rotary 32
+        use_cache=False,
+    )
+    # fork_rng: seeding must not disturb the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CodeGenModel(conf)
+
+
+def _load_model(cfg: EmbedderConfig, vocab_size: int, dtype: torch.dtype, seed: int):
+    """(model, takes_hidden_states): a base model, or a causal LM read via hidden states."""
+    if cfg.model == TINY:
+        return _tiny_codegen(cfg, vocab_size, seed).to(dtype), False
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    try:
+        return AutoModel.from_pretrained(cfg.model, dtype=dtype), False
+    except ValueError:  # an architecture with no base-model class registered
+        return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype), True
+
+
+def _digest(model: torch.nn.Module) -> str:
+    """A cheap weights fingerprint: a few values of every tensor, rounded to bf16.
+
+    bf16 rounding makes an fp32 CPU copy and a bf16 GPU copy of the same weights agree.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        head = p.detach().flatten()[:64].to("cpu", torch.bfloat16).view(torch.int16)
+        h.update(name.encode())
+        h.update(head.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Embedder:
+    """Embeds code files with a (CodeGen) transformer; see the module docstring.
+
+    ``embed(texts)`` returns an ``(n, dim)`` float32 array in input order.
+    """
+
+    def __init__(self, embedder_cfg: EmbedderConfig, device: str = "cpu", seed: int = 0) -> None:
+        self.cfg = embedder_cfg
+        self.device = device
+        self.seed = seed
+        self.tokenizer = load_tokenizer(embedder_cfg.model)
+        self.eos_id = self.tokenizer.eos_token_id
+        if self.eos_id is None:
+            self.eos_id = self.tokenizer.pad_token_id or 0
+        self.dtype = pick_dtype("auto", device)
+        model, self._via_lm = _load_model(embedder_cfg, len(self.tokenizer), self.dtype, seed)
+        self.model = model.to(device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self._identity: dict[str, Any] | None = None
+
+    # -- identity -------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What makes two embedders' vectors comparable; the classifier's meta stores it."""
+        if self._identity is None:
+            c = self.cfg
+            ident: dict[str, Any] = {
+                "model": c.model,
+                "pooling": c.pooling,
+                "max_length": c.max_length,
+                "dim": self.dim,
+                "weights": _digest(self.model),
+            }
+            if c.model == TINY:
+                ident |= {"layers": c.tiny_layers, "hidden": c.tiny_hidden, "heads": c.tiny_heads}
+                ident["seed"] = self.seed
+            self._identity = ident
+        return dict(self._identity)
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        """Parameters touched per token (the token-embedding table is a lookup, not FLOPs)."""
+        n = sum(p.numel() for p in self.model.parameters())
+        if non_embedding:
+            n -= self.model.get_input_embeddings().weight.numel()
+        return n
+
+    # -- tokens -----------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text's head, at most ``max_length`` long, never empty."""
+        n = self.cfg.max_length
+        ids = self._encode([t[: 8 * n] for t in texts])
+        redo = [
+            i for i, t in enumerate(texts) if len(t) > 8 * n and len(ids[i]) < n + _SLACK_TOKENS
+        ]
+        longer = self._encode([texts[i][: MAX_TOKEN_CHARS * n] for i in redo])
+        for i, row in zip(redo, longer, strict=True):
+            ids[i] = row
+        return [row[:n] if row else [self.eos_id] for row in ids]
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+        return [list(x) for x in enc["input_ids"]]
+
+    # -- embeddings -------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), dim)`` float32 embeddings, in input order."""
+        return self.embed_tokens(self.tokenize(list(texts)))
+
+    @torch.inference_mode()
+    def embed_tokens(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embeddings of already tokenized rows (e.g. from a CPU tokenizing stage)."""
+        out = np.empty((len(token_ids), self.dim), dtype=np.float32)
+        if not token_ids:
+            return out
+        rows = [list(r[: self.cfg.max_length]) or [self.eos_id] for r in token_ids]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first
+        bs = self.cfg.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            out[idx] = self._embed_batch([rows[i] for i in idx])
+        return out
+
+    def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
+        width = len(rows[0])  # rows arrive longest first
+        ids = torch.full((len(rows), width), self.eos_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # right padding: position ids stay 0..len-1
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self._via_lm:
+            h = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = h.hidden_states[-1]
+        else:
+            hidden = self.model(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+        return _pool(hidden.float(), mask, self.cfg.pooling).cpu().numpy()
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(b, t, d) hidden states + (b, t) mask -> (b, d)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (b, t, 1)
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if how == "max":
+        return hidden.masked_fill(m == 0, float("-inf")).amax(1)
+    last = mask.sum(1) - 1  # (b,) index of each row's last real token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
