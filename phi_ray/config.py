@@ -126,10 +126,16 @@ class LLMConfig:
     )
     temperature: float = 0.0
     max_tokens: int = 512
+    repair_attempts: int = 1  # re-asks (chat) when an answer does not parse
 
     def __post_init__(self) -> None:
         _check(self.max_concurrency > 0, "max_concurrency", "must be > 0")
         _check(self.max_attempts > 0, "max_attempts", "must be > 0")
+        _check(self.repair_attempts >= 0, "repair_attempts", "must be >= 0")
+        _check(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _check(
+            0 <= self.backoff_base_s <= self.backoff_max_s, "backoff_base_s", "need 0 <= base <= max"
+        )
         _check(self.budget_usd is None or self.budget_usd >= 0, "budget_usd", "must be >= 0")
         _check(
             self.budget_tokens is None or self.budget_tokens >= 0, "budget_tokens", "must be >= 0"
