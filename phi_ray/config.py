@@ -216,11 +216,30 @@ class SynthConfig:
     min_chars: int = 200
     near_dup_threshold: float = 0.7
     exec_timeout_s: float = 5.0
+    min_exercise_chars: int = 80  # prompt + completion
+    exec_memory_mb: int = 512  # address-space limit of each sandboxed example run
+    drop_failing: bool = True  # drop rows whose doctest examples fail, error or time out
+    require_examples: bool = False  # also drop rows with no example to run
+    dedup_num_perm: int = 128
+    dedup_ngram: int = 5  # token n-gram shingles for MinHash
+    mine_max_chars: int = 6000  # mined functions longer than this are dropped
+    chunk_size: int = 5000  # prompts per LLM batch (progress and memory granularity)
+    batch_size: int = 16  # rows per Ray Data validation batch
+    rows_per_file: int = 5000  # output Parquet rows per file
+    diversity_max_rows: int = 5000  # larger sets are measured on a fixed sample
 
     def __post_init__(self) -> None:
         bad = set(self.kinds) - {"textbooks", "exercises"}
         _check(not bad, "kinds", f"unknown kinds {sorted(bad)}; use textbooks, exercises")
         _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(self.n_textbooks >= 0 and self.n_exercises >= 0, "n_textbooks", "must be >= 0")
+        _check(0.0 < self.near_dup_threshold < 1.0, "near_dup_threshold", "must be in (0, 1)")
+        _check(self.exec_timeout_s > 0, "exec_timeout_s", "must be > 0")
+        _check(self.exec_memory_mb >= 64, "exec_memory_mb", "must be >= 64")
+        _check(self.dedup_num_perm >= 16, "dedup_num_perm", "must be >= 16")
+        _check(self.dedup_ngram > 0, "dedup_ngram", "must be > 0")
+        for k in ("chunk_size", "batch_size", "rows_per_file", "diversity_max_rows"):
+            _check(getattr(self, k) > 0, k, "must be > 0")
 
 
 @dataclass

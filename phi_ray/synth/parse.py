@@ -1,0 +1,152 @@
+"""Parsing generated answers: boilerplate, code blocks, and prompt/completion splits.
+
+Splits use ``ast`` positions over the exact source lines, so ``prompt + completion`` is
+byte-for-byte the function as written (decorators, comments and blank lines kept).
+"""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import re
+from dataclasses import dataclass
+
+# Openings an assistant model adds that a textbook never has ("Sure! Here's ...").
+_BOILER_OPEN = re.compile(
+    r"^\s*(sure|certainly|of course|absolutely|okay|ok|great|alright|as an ai\b|"
+    r"here(?:'s| is| are)\b|i(?:'d| would) be (?:happy|glad)|below is)[^\n]*\n+",
+    re.IGNORECASE,
+)
+_BOILER_CLOSE = re.compile(
+    r"\n+[^\n]*\b(i hope (?:this|that) helps|let me know if|feel free to ask|happy coding)"
+    r"[^\n]*\s*$",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+_PY_LANGS = {"", "python", "py", "python3", "pycon", "doctest"}
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def strip_boilerplate(text: str) -> str:
+    """Drop chatty openings and closings; the content itself is left untouched."""
+    for _ in range(3):  # "Sure!\n\nHere is the section:\n\n# Title"
+        m = _BOILER_OPEN.match(text)
+        if not m:
+            break
+        text = text[m.end() :]
+    return _BOILER_CLOSE.sub("\n", text).strip() + "\n"
+
+
+def code_blocks(text: str) -> list[str]:
+    """The contents of fenced Python (or untagged) code blocks, in order."""
+    return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in _PY_LANGS]
+
+
+def has_unclosed_fence(text: str) -> bool:
+    """An odd number of fences: the answer was cut off inside a code block."""
+    return len(re.findall(r"^```", text, re.MULTILINE)) % 2 == 1
+
+
+def is_session(block: str) -> bool:
+    """A block written as an interactive session (``>>>`` lines) rather than a module."""
+    first = next((ln for ln in block.splitlines() if ln.strip()), "")
+    return first.lstrip().startswith(">>>")
+
+
+def session_parses(block: str) -> bool:
+    """Every ``>>>`` example of an interactive-session block is valid Python."""
+    try:
+        examples = doctest.DocTestParser().get_examples(block)
+    except ValueError:
+        return False
+    for ex in examples:
+        try:
+            compile(ex.source, "<session>", "single")
+        except SyntaxError:
+            return False
+    return bool(examples)
+
+
+def source_lines(src: str) -> list[str]:
+    """Lines with their endings, split exactly where ``ast`` counts lines (not on \\f)."""
+    return _LINE.findall(src)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One function cut into prompt (signature + docstring) and completion (body)."""
+
+    func_name: str
+    prompt: str
+    completion: str
+    docstring: str
+
+
+def _trivial(stmts: list[ast.stmt]) -> bool:
+    """True when a body (after the docstring) does nothing: pass, ..., a constant return."""
+
+    def trivial(s: ast.stmt) -> bool:
+        if isinstance(s, ast.Pass):
+            return True
+        if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
+            return True
+        if isinstance(s, ast.Return):
+            return s.value is None or isinstance(s.value, ast.Constant)
+        if isinstance(s, ast.Raise) and s.exc is not None:
+            exc = s.exc.func if isinstance(s.exc, ast.Call) else s.exc
+            return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+        return False
+
+    return all(trivial(s) for s in stmts)
+
+
+def find_function(
+    tree: ast.Module, name: str | None
+) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The top-level function called ``name`` (the last definition wins, as at runtime)."""
+    funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if name is not None:
+        funcs = [f for f in funcs if f.name == name]
+    return funcs[-1] if funcs else None
+
+
+def split_function(
+    src: str,
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    lines: list[str] | None = None,
+    preamble: bool = False,
+) -> tuple[Split | None, str]:
+    """Cut a top-level function of ``src`` after its docstring: (split, "") or (None, reason).
+
+    ``preamble`` puts the module text before the function (imports, helpers) into the
+    prompt, as HumanEval prompts do; mined functions take only their own lines.
+    """
+    doc = ast.get_docstring(node, clean=False)
+    if doc is None or not doc.strip():
+        return None, "no_docstring"
+    body = node.body[1:]
+    if not body or _trivial(body):
+        return None, "trivial_body"
+    doc_end = node.body[0].end_lineno or node.body[0].lineno
+    if body[0].lineno <= doc_end:  # `"""doc"""; return x` on one line: no clean cut
+        return None, "inline_body"
+    lines = lines if lines is not None else source_lines(src)
+    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    start = 0 if preamble else first - 1
+    prompt = "".join(lines[start:doc_end])
+    completion = "".join(lines[doc_end : node.end_lineno])
+    if completion and not completion.endswith(("\n", "\r")):
+        completion += "\n"
+    return Split(node.name, prompt, completion, ast.get_docstring(node) or ""), ""
+
+
+def split_exercise(code: str, func_name: str | None) -> tuple[Split | None, str]:
+    """Split a generated exercise; the reason names why one could not be made."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None, "syntax_error"
+    node = find_function(tree, func_name)
+    if node is None:
+        return None, "missing_function"
+    return split_function(code, node, preamble=True)

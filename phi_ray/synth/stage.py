@@ -1,0 +1,199 @@
+"""The synth stage: textbooks and exercises from an LLM, or exercises mined offline.
+
+``synth.source``: ``llm`` generates both kinds through :mod:`phi_ray.llm`; ``mined`` takes
+exercises from ``score/filtered/`` and skips textbooks (they need an LLM); ``auto`` is
+``llm`` when ``llm.base_url`` is set, else ``mined``. Outputs (``runs/<run>/synth/``):
+``textbooks/*.parquet``, ``exercises/*.parquet`` and ``diversity.json``; every drop is
+counted per reason in ``_SUCCESS.json``, with tokens and dollars spent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from phi_ray.config import Config
+from phi_ray.runs import RunDir, StageResult
+from phi_ray.runtime import init_ray
+from phi_ray.synth import diversity, postprocess
+from phi_ray.synth.mine import mine_exercises
+from phi_ray.synth.topics import TopicTree
+
+log = logging.getLogger("phi_ray.synth")
+STAGE = "synth"
+KINDS = ("textbooks", "exercises")
+_INT = {"tokens", "prompt_tokens", "completion_tokens", "n_examples", "sample_index"}
+
+
+def resolve_source(cfg: Config) -> str:
+    """``llm`` or ``mined``; a clear error when ``llm`` is asked for without an endpoint."""
+    src = cfg.synth.source
+    if src == "auto":
+        return "llm" if cfg.llm.base_url else "mined"
+    if src == "llm" and not cfg.llm.base_url:
+        raise ValueError(
+            "synth.source=llm needs llm.base_url (an OpenAI-compatible endpoint); "
+            "set it, or use synth.source=mined to mine exercises offline"
+        )
+    return src
+
+
+def _schema(kind: str) -> pa.Schema:
+    cols = postprocess.TEXTBOOK_COLUMNS if kind == "textbooks" else postprocess.EXERCISE_COLUMNS
+    types = {c: pa.int64() if c in _INT else pa.string() for c in cols}
+    types["cost_usd"] = pa.float64()
+    return pa.schema([(c, types[c]) for c in cols])
+
+
+def _write(run: RunDir, out_dir: str, kind: str, rows: list[dict[str, Any]], per_file: int) -> int:
+    """Write ``rows`` as Parquet files under ``out_dir/kind`` (one empty file if none)."""
+    d = run._fs_path(f"{out_dir}/{kind}")
+    run.fs.create_dir(d, recursive=True)
+    df = postprocess.to_frame(rows, kind)
+    schema = _schema(kind)
+    for i, start in enumerate(range(0, max(len(df), 1), per_file)):
+        part = df.iloc[start : start + per_file]
+        table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+        pq.write_table(table, f"{d}/part-{i:05d}.parquet", filesystem=run.fs)
+    return len(df)
+
+
+def _carry_over(run: RunDir, out_dir: str, kind: str) -> bool:
+    """Copy ``kind`` from the previous complete synth output (``phi-ray synth textbooks``
+    then ``phi-ray synth exercises`` keeps both)."""
+    if run.read_success(STAGE) is None:
+        return False
+    src = run._fs_path(run.path(STAGE, kind))
+    if run.fs.get_file_info(src).type != pafs.FileType.Directory:
+        return False
+    pafs.copy_files(src, run._fs_path(f"{out_dir}/{kind}"), run.fs, run.fs)
+    return True
+
+
+def _llm_kind(cfg: Config, run: RunDir, kind: str, tree: TopicTree, client: Any):
+    """Generate and validate one kind; returns (validated rows, drop reasons, spend)."""
+    from phi_ray.synth.generate import generate
+
+    s = cfg.synth
+    n = s.n_textbooks if kind == "textbooks" else s.n_exercises
+    rows: list[dict[str, Any]] = []
+    drops: Counter = Counter()
+    spend: Counter = Counter()
+    for records, failures, stats in generate(client, tree, kind, n, cfg.run.seed, s, client.model):
+        drops.update(failures)
+        for k in ("prompt_tokens", "completion_tokens", "cost_usd", "api_calls", "cache_hits"):
+            spend[f"{k}_this_run"] += stats.get(k, 0)
+        for r in records:
+            r["tokens"] = r["completion_tokens"]
+            r["source"] = "llm"
+            spend["prompt_tokens"] += r["prompt_tokens"]
+            spend["completion_tokens"] += r["completion_tokens"]
+            spend["cost_usd"] += r["cost_usd"]
+        rows += postprocess.validate_records(records, kind, s)
+    kept = [r for r in rows if not r["reason"]]
+    drops.update(r["reason"] for r in rows if r["reason"])
+    spend["generated"] = len(rows)
+    return kept, drops, spend
+
+
+def _finish_kind(cfg: Config, kind: str, kept: list[dict[str, Any]], drops: Counter, tree):
+    """Dedup, cap (mined only) and measure one kind; returns rows and its diversity report."""
+    s = cfg.synth
+    kept, dd = postprocess.remove_duplicates(kept, s.near_dup_threshold, s.dedup_num_perm)
+    drops.update(dd)
+    cap = s.n_textbooks if kind == "textbooks" else s.n_exercises
+    if len(kept) > cap:
+        drops["over_limit"] += len(kept) - cap
+        kept = kept[:cap]
+    texts = [r["content"] if kind == "textbooks" else r["prompt"] + r["completion"] for r in kept]
+    report = diversity.report(
+        texts,
+        s.near_dup_threshold,
+        rows=kept if tree is not None else None,
+        tree=tree,
+        max_rows=s.diversity_max_rows,
+        seed=cfg.run.seed,
+    )
+    if tree is None:
+        report["distinct_topics"] = len({r["topic"] for r in kept})
+    return kept, report
+
+
+def run(cfg: Config, run: RunDir) -> StageResult:
+    """Build ``synth/``: see the module docstring."""
+    init_ray(cfg)
+    source = resolve_source(cfg)
+    mining = source == "mined" and "exercises" in cfg.synth.kinds
+    h = run.config_hash(
+        cfg, ("synth", "llm") if source == "llm" else ("synth",), ("score",) if mining else ()
+    )
+    with run.stage(STAGE, h) as out:
+        if out.skipped:
+            return out.result
+        filtered = run.require("score", needed_by="synth (mined exercises)") if mining else None
+        tree = TopicTree.load(cfg.synth.topic_tree) if source == "llm" else None
+        client = None
+        if source == "llm":
+            from phi_ray.llm import LLMClient
+
+            client = LLMClient(cfg.llm, run.work_path(STAGE), model=cfg.synth.model)
+        counts: dict[str, Any] = {}
+        extra: dict[str, Any] = {"source": source, "skipped_kinds": {}, "drops": {}, "spend": {}}
+        reports: dict[str, Any] = {}
+        try:
+            for kind in KINDS:
+                if kind not in cfg.synth.kinds:
+                    carried = _carry_over(run, out.tmp, kind)
+                    why = "not requested (synth.kinds)" + ("; carried over" if carried else "")
+                    extra["skipped_kinds"][kind] = why
+                    if not carried:
+                        _write(run, out.tmp, kind, [], cfg.synth.rows_per_file)
+                    continue
+                if source == "mined" and kind == "textbooks":
+                    why = (
+                        "no LLM configured (llm.base_url is null or synth.source=mined): "
+                        "textbooks need one; set llm.base_url to generate them"
+                    )
+                    log.warning("synth: textbooks skipped: %s", why)
+                    extra["skipped_kinds"][kind] = why
+                    counts["textbooks_skipped"] = 1
+                    _write(run, out.tmp, kind, [], cfg.synth.rows_per_file)
+                    continue
+                if source == "llm":
+                    kept, drops, spend = _llm_kind(cfg, run, kind, tree, client)
+                else:
+                    kept, drops, spend = mine_exercises(cfg, filtered)
+                kept, reports[kind] = _finish_kind(cfg, kind, kept, drops, tree)
+                n = _write(run, out.tmp, kind, kept, cfg.synth.rows_per_file)
+                counts[f"{kind}_generated"] = spend.get("generated", 0)
+                counts[f"{kind}_kept"] = n
+                counts.update({f"{kind}_drop_{k}": v for k, v in sorted(drops.items())})
+                extra["drops"][kind] = dict(drops)
+                extra["spend"][kind] = {k: v for k, v in spend.items() if k != "generated"}
+                log.info(
+                    "synth %s: kept %d of %d; drops %s",
+                    kind,
+                    n,
+                    spend.get("generated", 0),
+                    dict(drops),
+                )
+        finally:
+            if client is not None:
+                client.close()
+        spend_all = Counter()
+        for sp in extra["spend"].values():
+            spend_all.update(sp)
+        extra["cost_usd"] = round(spend_all.get("cost_usd", 0.0), 6)
+        extra["cost_usd_this_run"] = round(spend_all.get("cost_usd_this_run", 0.0), 6)
+        extra["tokens"] = int(
+            spend_all.get("prompt_tokens", 0) + spend_all.get("completion_tokens", 0)
+        )
+        extra["model"] = client.model if client is not None else "mined"
+        run.write_json(f"{out.tmp}/diversity.json", reports)
+        extra["diversity"] = reports
+        return out.finish(counts=counts, **extra)
