@@ -1,0 +1,142 @@
+"""Hostile programs fail as their own result, without harming the host or other samples."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from phi_ray.evaluate.sandbox import Isolation, Limits, Sandbox, probe_isolation
+
+ISO = probe_isolation()
+DROPS_UID = ISO.drop_uid
+NAMESPACES = ISO.mode in ("namespaces+uid", "userns")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(
+        Limits(timeout_s=3.0, memory_mb=256, max_procs=16, max_file_mb=4), parallel=2
+    ) as sb:
+        yield sb
+
+
+@pytest.fixture
+def listener():
+    """A real TCP server on 127.0.0.1 that records whether anyone connected."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.2)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            got.append(conn.recv(100))
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1], got
+    stop.set()
+    t.join()
+    srv.close()
+
+
+def test_plain_pass_fail_and_early_exit(sandbox):
+    progs = [
+        "assert sum(range(5)) == 10",
+        "assert 1 == 2",
+        "import sys; sys.exit(0)",
+        "import os; os._exit(0)",
+    ]
+    res = sandbox.run(progs)
+    assert [r.passed for r in res] == [True, False, False, False]
+    assert res[1].result.startswith("failed: AssertionError")
+    assert "SystemExit" in res[2].result
+
+
+def test_hostile_samples_fail_and_neighbours_are_unaffected(
+    sandbox, tmp_path, listener, monkeypatch
+):
+    port, got = listener
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-do-not-leak")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.chmod(tmp_path, 0o755)  # reachable, so only the sandbox's identity protects it
+    good = "def f(x):\n    return x * 2\nassert f(21) == 42\n"
+    hostile = {
+        "loop": "while True:\n    pass\n",
+        "sleep": "import time\ntime.sleep(60)\n",
+        "memory": "blocks = []\nwhile True:\n    blocks.append(bytearray(50 << 20))\n",
+        "rm": f"import os, shutil\nos.remove({str(victim)!r})\nshutil.rmtree({str(tmp_path)!r})\n",
+        "secret": "import os\nassert os.environ['OPENAI_API_KEY'].startswith('sk-')\n",
+        "proc_secret": "import os\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n        try:\n            assert b'sk-test-secret' not in open(f'/proc/{p}/environ','rb').read()\n        except OSError:\n            pass\nraise RuntimeError('no secret found')\n",
+        "socket": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'leak')\n",
+        "bigfile": "open('big.bin', 'wb').write(b'x' * (64 << 20))\n",
+        "spam": "while True:\n    print('y' * 10000)\n",
+    }
+    progs = [good, *hostile.values(), good]
+    t0 = time.monotonic()
+    res = sandbox.run(progs)
+    assert time.monotonic() - t0 < 30
+    assert res[0].passed and res[-1].passed, (res[0], res[-1])
+    for name, r in zip(hostile, res[1:-1], strict=True):
+        assert not r.passed, (name, r)
+    by = dict(zip(hostile, res[1:-1], strict=True))
+    assert by["loop"].result == "timed out" or "SIGXCPU" in by["loop"].result
+    assert by["sleep"].result == "timed out"
+    assert "MemoryError" in by["memory"].result
+    assert "File too large" in by["bigfile"].result
+    assert "KeyError" in by["secret"].result
+    assert victim.read_text() == "precious"
+    assert got == []  # nothing reached the host's server
+    assert os.environ["OPENAI_API_KEY"] == "sk-test-secret-do-not-leak"
+
+
+@pytest.mark.skipif(
+    not (DROPS_UID and NAMESPACES), reason="fork-bomb defence (own uid + PID namespace) unavailable"
+)
+def test_fork_bomb_is_contained(sandbox):
+    # Bounded by RLIMIT_NPROC=16 on the slot's own uid, and killed with its PID namespace.
+    bomb = (
+        "import os, time\n"
+        "while True:\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            os.setsid()\n"  # try to escape the process group
+        "    except OSError:\n"
+        "        time.sleep(0.01)\n"
+    )
+    res = sandbox.run([bomb, "assert 2 + 2 == 4", bomb, "import os\nassert os.getpid() == 1\n"])
+    assert [r.passed for r in res] == [False, True, False, True]
+    uids = {sandbox.uid_base + i for i in range(sandbox.parallel)}
+    out = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
+    assert not [u for u in out if int(u) in uids], "sandboxed processes survived their run"
+
+
+def test_socket_guard_fallback(listener):
+    # The weakest mode (no namespaces) still refuses sockets inside the interpreter.
+    port, got = listener
+    guard = Isolation("guard", ISO.python, False)
+    with Sandbox(Limits(timeout_s=5.0), parallel=1, isolation=guard) as sb:
+        res = sb.run(
+            [f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n", "assert True"]
+        )
+    assert not res[0].passed and "PermissionError" in res[0].result
+    assert res[1].passed
+    assert got == []
+
+
+def test_isolation_mode_as_root():
+    if os.geteuid() == 0:
+        assert ISO.mode == "namespaces+uid" and ISO.drop_uid
