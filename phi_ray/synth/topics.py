@@ -158,10 +158,10 @@ class TopicTree:
 def resolve_path(path: str | Path) -> Path:
     """A config-relative path: as given if it exists, else under the repo root."""
     p = Path(path)
-    if p.is_absolute() or p.exists():
+    if p.exists():
         return p
     alt = CONFIG_DIR.parent / p
-    if alt.exists():
+    if not p.is_absolute() and alt.exists():
         return alt
     raise ConfigError(f"{path}: no such file (looked in {Path.cwd()} and {CONFIG_DIR.parent})")
 
