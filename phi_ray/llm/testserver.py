@@ -18,11 +18,13 @@ every call, and injects faults on demand::
 
 Fault kinds: ``429`` (with ``Retry-After``), ``500``, ``slow`` (answers after ``delay_s``),
 ``drop`` (closes the connection without an answer), ``malformed`` (a 200 answer, with
-usage, whose content is garbage: the caller's parser must reject it).
+usage, whose content is garbage: the caller's parser must reject it), and, only when
+asked for by name, ``400`` (a bad-request error no retry can fix).
 
 ``calls`` counters: ``requests`` (completion POSTs), ``chat``, ``completion``, ``models``,
 ``ok`` (200 answers with usage: what a paid API bills), ``fault:<kind>``,
-``prompt_tokens``, ``completion_tokens``. ``paid`` counts 200 answers per request
+``prompt_tokens``, ``completion_tokens``, ``peak_inflight`` (most completion requests
+being handled at once: checks a client's concurrency limit). ``paid`` counts 200 answers per request
 fingerprint (sha256 of the canonical request JSON); ``bodies`` keeps every request body.
 
 Token counts are ``ceil(chars / 4)``, deterministic, so tests can predict costs.
@@ -46,6 +48,7 @@ from typing import Any
 
 Responder = Callable[[str, dict[str, Any]], str]
 FAULT_KINDS = ("429", "500", "slow", "drop", "malformed")
+_ALL_FAULTS = (*FAULT_KINDS, "400")  # 400 (not retryable) only on request: fault("400")
 MALFORMED = "<<garbled>> \x00 not what you asked for {"
 
 
@@ -68,8 +71,8 @@ def default_responder(kind: str, body: dict[str, Any]) -> str:
 
 class _Fault:
     def __init__(self, kind: str, retry_after: float, delay_s: float) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        if kind not in _ALL_FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; known: {', '.join(_ALL_FAULTS)}")
         self.kind, self.retry_after, self.delay_s = kind, retry_after, delay_s
 
 
@@ -102,7 +105,8 @@ class OpenAITestServer:
         self._rate_kinds: tuple[str, ...] = ()
         self._rate_args = (0.01, 0.05)
         self._rng = random.Random(0)
-        self._httpd: ThreadingHTTPServer | None = None
+        self._inflight = 0
+        self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -119,8 +123,7 @@ class OpenAITestServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -185,6 +188,13 @@ class OpenAITestServer:
                 self.calls[k] += 1
             for k, n in amounts.items():
                 self.calls[k] += n
+
+
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) resets connections when a client opens dozens at
+    # once, which would look like injected faults.
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -253,6 +263,16 @@ class _Handler(BaseHTTPRequestHandler):
         srv._count("requests", kind)
         with srv._lock:
             srv.bodies.append(body)
+            srv._inflight += 1
+            srv.calls["peak_inflight"] = max(srv.calls["peak_inflight"], srv._inflight)
+        try:
+            self._complete(kind, body)
+        finally:
+            with srv._lock:
+                srv._inflight -= 1
+
+    def _complete(self, kind: str, body: dict[str, Any]) -> None:
+        srv = self.owner
         if body.get("stream"):
             self._error(400, "the test server does not stream", "invalid_request_error")
             return
@@ -271,6 +291,9 @@ class _Handler(BaseHTTPRequestHandler):
             ra = f"{fault.retry_after:g}"
             hdr = {"Retry-After": ra, "retry-after-ms": str(int(fault.retry_after * 1000))}
             self._error(429, "rate limited (injected)", "rate_limit_exceeded", hdr)
+            return True
+        if fault.kind == "400":
+            self._error(400, "bad request (injected)", "invalid_request_error")
             return True
         if fault.kind == "500":
             self._error(500, "internal error (injected)", "server_error")
