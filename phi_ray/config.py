@@ -244,19 +244,48 @@ class SynthConfig:
 
 @dataclass
 class DecontamConfig:
+    """Decontamination against HumanEval / MBPP (see ``phi_ray/decontam/``)."""
+
+    # pipeline datasets: exercises, textbooks, filtered, corpus, or "<stage>/<dir>"
     datasets: list[str] = field(default_factory=lambda: ["exercises"])
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
     mbpp_path: str | None = None  # local MBPP JSONL; hub when reachable
+    mbpp_hub_id: str = "google-research-datasets/mbpp"
     extra_benchmarks: list[str] = field(default_factory=list)  # JSONL in HumanEval format
     ngram: int = 13
+    # benchmark solutions shorter than this (in code tokens) are too generic for exact match
+    min_exact_tokens: int = 16
+    allow_list: list[str] = field(default_factory=list)  # extra trivial solutions never matched
     taus: list[float] = field(default_factory=lambda: [0.95, 0.9, 0.85, 0.8])
+    use_tau: float = 0.9  # the pruned set written to decontam/exercises/ for downstream use
+    split_tau: float | None = None  # HumanEval similar / non-similar split; None: use_tau
+    candidates: Literal["knn", "all"] = "knn"  # AST on embedding k-NN (n*k) or all pairs (n*m)
     k_neighbors: int = 10
-    l2_quantile: float = 0.05  # embedding candidates: pairs below this quantile of distances
+    # what is embedded: the code as written (the paper), or normalised (locals renamed,
+    # docstrings dropped) for embedders without semantics, such as tiny-codegen
+    embed_text: Literal["code", "normalized"] = "code"
+    # embedding candidates: L2 below this quantile of distances between distinct benchmark
+    # problems (calibrates any embedder); 1.0 keeps every k-NN pair. l2_max overrides it.
+    l2_quantile: float = 0.05
+    l2_max: float | None = None
+    batch_size: int = 256  # rows per Ray Data batch
 
     def __post_init__(self) -> None:
         _check(self.ngram > 0, "ngram", "must be > 0")
+        _check(self.min_exact_tokens > 0, "min_exact_tokens", "must be > 0")
+        _check(bool(self.taus), "taus", "needs at least one tau")
         _check(all(0 < t <= 1 for t in self.taus), "taus", "each tau must be in (0, 1]")
+        _check(self.use_tau in self.taus, "use_tau", f"must be one of taus {self.taus}")
+        _check(
+            self.split_tau is None or self.split_tau in self.taus,
+            "split_tau",
+            f"must be one of taus {self.taus}",
+        )
         _check(self.k_neighbors > 0, "k_neighbors", "must be > 0")
+        _check(0.0 < self.l2_quantile <= 1.0, "l2_quantile", "must be in (0, 1]")
+        _check(self.l2_max is None or self.l2_max > 0, "l2_max", "must be > 0")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(bool(self.datasets), "datasets", "needs at least one dataset")
 
 
 @dataclass
