@@ -412,11 +412,24 @@ class ServeConfig:
     num_gpus: float = 0.0
     min_replicas: int = 1
     max_replicas: int = 1
+    num_cpus: float = 1.0  # per model replica (torch threads on CPU)
+    max_prompts: int = 16  # prompts per /v1/completions request
+    classifier_max_batch_size: int = 64  # files per classifier batch (and per request)
+    classifier_num_cpus: float = 0.5
+    classifier_num_gpus: float = 0.0
+    max_ongoing_requests: int = 256  # per ingress replica; beyond it Serve queues or sheds
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "port", "must be a TCP port")
         _check(self.max_batch_size > 0, "max_batch_size", "must be > 0")
         _check(1 <= self.min_replicas <= self.max_replicas, "min_replicas", "need 1 <= min <= max")
+        _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
+        _check(self.max_tokens_limit > 0, "max_tokens_limit", "must be > 0")
+        _check(self.max_body_bytes > 0, "max_body_bytes", "must be > 0")
+        _check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_gpus", "must be >= 0")
+        _check(self.max_prompts > 0, "max_prompts", "must be > 0")
+        _check(self.classifier_max_batch_size > 0, "classifier_max_batch_size", "must be > 0")
+        _check(self.max_ongoing_requests > 0, "max_ongoing_requests", "must be > 0")
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""Build the Serve application: model + classifier deployments behind one FastAPI ingress.
+
+``build_app`` checks its inputs on the driver first, so a wrong ``--model`` or
+``--classifier`` is one clear error before anything is deployed, not a replica that
+fails to start over and over.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from phi_ray.config import ServeConfig
+from phi_ray.serving.deployments import CompletionModel, QualityScorer
+from phi_ray.serving.ingress import Ingress, IngressSettings
+
+
+def check_model_dir(path: str) -> str:
+    """A local Hugging Face-format model directory (config.json + weights + tokenizer)."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise FileNotFoundError(f"serve.model: {path} is not a directory")
+    missing = [f for f in ("config.json", "tokenizer_config.json") if not (p / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"serve.model: {path} is not a Hugging Face model directory (no {missing[0]}); "
+            "pass the model/ directory that pretrain or finetune wrote"
+        )
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise FileNotFoundError(f"serve.model: {path} has no weights (*.safetensors)")
+    return str(p)
+
+
+def check_classifier_dir(path: str) -> str:
+    p = Path(path).expanduser().resolve()
+    if not (p / "model.joblib").exists():
+        raise FileNotFoundError(
+            f"serve.classifier: {path} is not a classifier directory (no model.joblib); "
+            "pass the classifier/ directory that the classify stage wrote"
+        )
+    return str(p)
+
+
+def _replicas(scfg: ServeConfig, target: int) -> dict[str, Any]:
+    if scfg.min_replicas == scfg.max_replicas:
+        return {"num_replicas": scfg.min_replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": scfg.min_replicas,
+            "max_replicas": scfg.max_replicas,
+            "target_ongoing_requests": target,
+        }
+    }
+
+
+def build_app(scfg: ServeConfig, model_dir: str, classifier_dir: str | None = None) -> Application:
+    """The Serve application for ``model_dir`` (and ``classifier_dir``, when given).
+
+    The API key, when ``scfg.api_key_env`` is set in this process, is handed to the
+    ingress replicas through their runtime environment (not through the app's arguments,
+    which Serve shows in its status).
+    """
+    model_dir = check_model_dir(model_dir)
+    classifier_dir = check_classifier_dir(classifier_dir) if classifier_dir else None
+    b = scfg.max_batch_size
+    model = CompletionModel.options(
+        ray_actor_options={"num_cpus": scfg.num_cpus, "num_gpus": scfg.num_gpus},
+        max_ongoing_requests=max(64, 4 * b),
+        **_replicas(scfg, target=b),
+    ).bind(model_dir, scfg.engine, b, scfg.batch_wait_timeout_s)
+    scorer = None
+    if classifier_dir:
+        scorer = QualityScorer.options(
+            ray_actor_options={
+                "num_cpus": scfg.classifier_num_cpus,
+                "num_gpus": scfg.classifier_num_gpus,
+            },
+            max_ongoing_requests=max(64, 2 * scfg.classifier_max_batch_size),
+        ).bind(classifier_dir, scfg.classifier_max_batch_size)
+    settings = IngressSettings(
+        model_name=scfg.model_name,
+        model_dir=model_dir,
+        max_tokens_limit=scfg.max_tokens_limit,
+        max_n=b,
+        max_prompts=scfg.max_prompts,
+        max_quality_codes=scfg.classifier_max_batch_size,
+        max_body_bytes=scfg.max_body_bytes,
+        api_key_env=scfg.api_key_env,
+        classifier_dir=classifier_dir,
+    )
+    key = os.environ.get(scfg.api_key_env)
+    opts: dict[str, Any] = {"max_ongoing_requests": scfg.max_ongoing_requests}
+    if key:
+        opts["ray_actor_options"] = {
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": {scfg.api_key_env: key}},
+        }
+    return Ingress.options(**opts).bind(model, scorer, settings)

@@ -1,0 +1,209 @@
+"""Ray Serve deployments: the completion model and the quality classifier.
+
+Both load their weights in a background thread, so a replica reports healthy to Serve
+while a large checkpoint is still loading (a slow first load never trips the health
+check); until it is ready, calls raise :class:`ModelUnavailable` (the ingress answers 503
+and ``/healthz`` says "loading"). A load that fails is logged once, with its reason, and
+that reason is what ``/healthz`` and every later call report: restarting the replica would
+only repeat the same failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ray import serve
+
+from phi_ray.serving.engine import SeqEvent, SeqSpec
+from phi_ray.serving.errors import ModelUnavailable
+
+log = logging.getLogger("ray.serve")
+
+
+class _BackgroundLoad:
+    """Runs ``load()`` in a thread; ``state`` is loading / ready / error."""
+
+    def __init__(self, what: str, load: Callable[[], Any]) -> None:
+        self.what = what
+        self.value: Any = None
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self._t0 = time.monotonic()
+        threading.Thread(target=self._run, args=(load,), daemon=True, name=f"load-{what}").start()
+
+    def _run(self, load: Callable[[], Any]) -> None:
+        try:
+            self.value = load()
+            log.info("%s loaded in %.1fs", self.what, time.monotonic() - self._t0)
+        except Exception as e:
+            self.error = f"{self.what} failed to load: {type(e).__name__}: {e}"
+            log.error(self.error)  # once: every later call reports this string instead
+        finally:
+            self.ready.set()
+
+    @property
+    def state(self) -> str:
+        if not self.ready.is_set():
+            return "loading"
+        return "error" if self.error else "ready"
+
+    def get(self) -> Any:
+        if self.error:
+            raise ModelUnavailable(self.error)
+        if not self.ready.is_set():
+            secs = time.monotonic() - self._t0
+            raise ModelUnavailable(f"{self.what} is still loading ({secs:.0f}s so far); retry")
+        return self.value
+
+
+def _n_seqs(items: list[list[SeqSpec]]) -> int:
+    return sum(len(x) for x in items)
+
+
+def _pick_device() -> str:
+    """CUDA when Ray gave this replica a GPU (it hides the others), else CPU."""
+    from phi_ray.runtime import cuda_available
+
+    return "cuda" if cuda_available() else "cpu"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+class CompletionModel:
+    """The phi model behind ``/v1/completions``: transformers with ``@serve.batch``, or vLLM.
+
+    A call carries one prompt's ``n`` sequences (a list of :class:`SeqSpec`); the dynamic
+    batch packs calls up to ``max_batch_size`` sequences.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        engine: str = "auto",
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.01,
+    ) -> None:
+        self._batched.set_max_batch_size(max_batch_size)
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.model_dir = model_dir
+        device = _pick_device()
+        self.load = _BackgroundLoad(
+            f"model {model_dir}", lambda: _load_engine(model_dir, engine, device)
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.load.state, "detail": self.load.error}
+
+    def check_health(self) -> None:
+        """Liveness only: loading and failed-to-load replicas stay up and say why (/healthz)."""
+
+    async def stream(self, specs: list[SeqSpec]) -> AsyncIterator[list[SeqEvent]]:
+        """Yield event lists as text is generated; the last event of each sequence finishes it."""
+        engine = self.load.get()
+        source = engine.stream(specs) if engine.continuous else self._batched(specs)
+        async for events in source:
+            if events:
+                yield events
+
+    async def complete(self, specs: list[SeqSpec]) -> list[SeqEvent]:
+        """Generate to the end; one event per sequence with its whole text."""
+        out = [SeqEvent(i, "", 0) for i in range(len(specs))]
+        async for events in self.stream(specs):
+            for ev in events:
+                out[ev.seq].text += ev.text
+                out[ev.seq].n_tokens = ev.n_tokens
+                out[ev.seq].finish_reason = ev.finish_reason
+        return out
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=_n_seqs)
+    async def _batched(self, items: list[list[SeqSpec]]) -> AsyncIterator[list[Any]]:
+        """One ``generate`` for the whole batch; per-step deltas routed back to each call."""
+        engine = self.load.get()
+        owner, flat = [], []
+        for k, specs in enumerate(items):
+            owner += [(k, j) for j in range(len(specs))]
+            flat += specs
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        job = loop.run_in_executor(
+            None, engine.generate, flat, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)
+        )
+        job.add_done_callback(lambda _: queue.put_nowait(None))
+        left = [len(s) for s in items]
+        done = False
+        while not done:
+            events = [await queue.get()]
+            while not queue.empty():  # coalesce steps that piled up while we were away
+                events.append(queue.get_nowait())
+            if events[-1] is None:
+                done = True
+                events.pop()
+            per_item: list[Any] = [[] for _ in items]
+            for ev in (e for step in events for e in step):
+                k, j = owner[ev.seq]
+                per_item[k].append(SeqEvent(j, ev.text, ev.n_tokens, ev.finish_reason))
+                left[k] -= ev.finish_reason is not None
+            yield [
+                StopIteration if left[k] <= 0 and not per_item[k] else per_item[k]
+                for k in range(len(items))
+            ]
+        job.result()  # surface an engine error to every caller
+
+
+def _load_engine(model_dir: str, engine: str, device: str) -> Any:
+    from phi_ray.runtime import pick_dtype
+
+    if engine in ("auto", "vllm") and device == "cuda":
+        from phi_ray.serving.vllm_engine import VLLMEngine, vllm_available
+
+        if vllm_available():
+            return VLLMEngine.load(model_dir)
+        if engine == "vllm":
+            raise RuntimeError("serve.engine=vllm but vllm is not installed (pip install vllm)")
+    if engine == "vllm":
+        raise RuntimeError("serve.engine=vllm needs a GPU (serve.num_gpus > 0 on a CUDA node)")
+    from phi_ray.serving.engine import HFEngine
+
+    return HFEngine.load(model_dir, device=device, dtype=pick_dtype("auto", device))
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class QualityScorer:
+    """The quality classifier behind ``/v1/quality``: batched embed + random-forest predict."""
+
+    def __init__(self, classifier_dir: str, max_batch_size: int = 64) -> None:
+        self._batched.set_max_batch_size(max_batch_size)
+        self.classifier_dir = classifier_dir
+        self.load = _BackgroundLoad(f"classifier {classifier_dir}", self._load)
+
+    def _load(self) -> Any:
+        from phi_ray.quality.classifier import QualityClassifier
+
+        return QualityClassifier.load(self.classifier_dir)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.load.state, "detail": self.load.error}
+
+    def check_health(self) -> None:
+        """Liveness only, as for the model."""
+
+    async def score(self, codes: list[str]) -> dict[str, Any]:
+        clf = self.load.get()
+        probs, kept = await self._batched(codes)
+        return {"scores": probs, "kept": kept, "threshold": float(clf.threshold)}
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=_n_seqs)
+    async def _batched(self, items: list[list[str]]) -> list[tuple[list[float], list[bool]]]:
+        clf = self.load.get()
+        flat = [c for codes in items for c in codes]
+        probs, kept = await asyncio.to_thread(clf.score, flat)
+        out, i = [], 0
+        for codes in items:
+            j = i + len(codes)
+            out.append(([float(p) for p in probs[i:j]], [bool(x) for x in kept[i:j]]))
+            i = j
+        return out

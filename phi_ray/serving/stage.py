@@ -1,0 +1,88 @@
+"""``phi-ray serve``: run the Serve application locally (or on ``run.ray_address``) until Ctrl-C.
+
+The model is ``serve.model`` (``--model DIR``), else the run's ``finetune/model/``, else
+its ``pretrain/model/``; the classifier is ``serve.classifier`` (``--classifier DIR``),
+else the run's ``classify/classifier/`` when that stage is complete, else none (then
+``/v1/quality`` answers 503).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+
+from phi_ray.config import Config
+from phi_ray.runs import RunDir, StageResult
+from phi_ray.runtime import init_ray
+
+log = logging.getLogger("phi_ray.serving")
+APP_NAME = "phi-ray"
+
+
+def resolve_inputs(cfg: Config, run: RunDir) -> tuple[str, str | None]:
+    """(model dir, classifier dir or None) from the config, else the run's outputs."""
+    model = cfg.serve.model
+    if model is None:
+        for stage in ("finetune", "pretrain"):
+            if run.is_complete(stage):
+                model = run.path(stage, "model")
+                break
+        else:
+            raise FileNotFoundError(
+                f"serve needs a model: pass --model DIR, or finish `phi-ray pretrain --run "
+                f"{run.name}` (or finetune) first; neither is complete in {run.uri}"
+            )
+    clf = cfg.serve.classifier
+    if clf is None and run.is_complete("classify"):
+        clf = run.path("classify", "classifier")
+    return model, clf
+
+
+def wait_ready(url: str, timeout_s: float = 600.0) -> dict:
+    """Poll ``/healthz`` until the model is loaded; raise with the replica's reason if not."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:  # 503: loading, or failed
+            body = json.loads(e.read() or b"{}")
+            if body.get("status") == "error":
+                msg = body.get("detail") or "the model failed to load"
+                raise ValueError(f"serve: {msg}") from None
+            if body.get("status") != last:
+                log.info("waiting for the model: %s", body.get("status"))
+                last = body.get("status")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"serve: {url}/healthz not ready after {timeout_s:.0f}s")
+
+
+def run(cfg: Config, run: RunDir) -> StageResult:
+    """Deploy the app, wait until it is ready, then serve until interrupted."""
+    from ray import serve
+
+    from phi_ray.serving.app import build_app
+
+    model_dir, clf_dir = resolve_inputs(cfg, run)
+    app = build_app(cfg.serve, model_dir, clf_dir)  # checks the inputs before deploying
+    init_ray(cfg)
+    s = cfg.serve
+    serve.start(http_options={"host": s.host, "port": s.port})
+    url = f"http://{s.host}:{s.port}"
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        wait_ready(url)
+        print(f"phi-ray serve: {s.model_name} from {model_dir} at {url}/v1", flush=True)
+        print(f"  classifier: {clf_dir or 'none'}; OpenAPI at {url}/docs; Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("phi-ray serve: shutting down", flush=True)
+    finally:
+        serve.shutdown()
+    return StageResult(stage="serve", path=url, success={"counts": {}})
