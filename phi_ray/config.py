@@ -134,7 +134,9 @@ class LLMConfig:
         _check(self.repair_attempts >= 0, "repair_attempts", "must be >= 0")
         _check(self.timeout_s > 0, "timeout_s", "must be > 0")
         _check(
-            0 <= self.backoff_base_s <= self.backoff_max_s, "backoff_base_s", "need 0 <= base <= max"
+            0 <= self.backoff_base_s <= self.backoff_max_s,
+            "backoff_base_s",
+            "need 0 <= base <= max",
         )
         _check(self.budget_usd is None or self.budget_usd >= 0, "budget_usd", "must be >= 0")
         _check(
@@ -150,10 +152,23 @@ class AnnotateConfig:
     rubric_version: str = "v1"
     positive_min_score: int = 3  # label = score >= this
     model: str | None = None  # overrides llm.model for this stage
+    size_buckets: list[int] = field(default_factory=lambda: [1000, 4000, 16000])  # n_chars strata
+    max_prompt_chars: int = 8000  # longer files are shown to the judge truncated (head kept)
+    max_answer_tokens: int = 200
+    chunk_size: int = 2000  # files per LLM batch / labels part file
+    heuristic_batch_size: int = 256  # rows per Ray Data batch for the heuristic judge
 
     def __post_init__(self) -> None:
         _check(self.sample_size > 0, "sample_size", "must be > 0")
         _check(0 <= self.positive_min_score <= 5, "positive_min_score", "must be in [0, 5]")
+        _check(
+            all(b > 0 for b in self.size_buckets)
+            and self.size_buckets == sorted(self.size_buckets),
+            "size_buckets",
+            "must be increasing positive character counts",
+        )
+        for k in ("max_prompt_chars", "max_answer_tokens", "chunk_size", "heuristic_batch_size"):
+            _check(getattr(self, k) > 0, k, "must be > 0")
 
 
 @dataclass
