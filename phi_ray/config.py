@@ -400,9 +400,29 @@ class EvaluateConfig:
     memory_mb: int = 1024
     parallel: int = 0  # concurrent executions; 0: number of CPUs
     llm_grading: bool = False
+    grading_model: str | None = None  # overrides llm.model for grading
+    mbpp_split: Literal["test", "all"] = "test"  # test: task ids 11-510 (500 problems)
+    gen_actors: int = 0  # generation actors; 0: one per GPU in the cluster, else 1 (CPU)
+    endpoint_model: str | None = None  # None: the endpoint's first /v1/models entry
+    endpoint_api_key_env: str = "PHI_RAY_API_KEY"
+    endpoint_concurrency: int = 8
+    endpoint_timeout_s: float = 300.0
+    max_procs: int = 32  # RLIMIT_NPROC per sandboxed program (its own uid when root)
+    max_file_mb: int = 16  # RLIMIT_FSIZE: largest file or stdout a program may write
+    sandbox_uid_base: int = 1_500_000_000  # as root: slot i runs as uid base+i
+    sandbox_python: str | None = None  # None: this interpreter, else python3 on PATH
 
     def __post_init__(self) -> None:
         _check(self.n_samples > 0, "n_samples", "must be > 0")
+        _check(self.parallel >= 0, "parallel", "must be >= 0 (0: number of CPUs)")
+        _check(self.gen_actors >= 0, "gen_actors", "must be >= 0 (0: one per GPU)")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+        _check(self.memory_mb >= 64, "memory_mb", "must be >= 64 (the interpreter needs it)")
+        _check(self.max_procs > 0 and self.max_file_mb > 0, "max_procs", "limits must be > 0")
+        _check(self.endpoint_concurrency > 0, "endpoint_concurrency", "must be > 0")
+        _check(self.sandbox_uid_base > 0, "sandbox_uid_base", "must be a non-root uid")
+        _check(self.limit is None or self.limit > 0, "limit", "must be > 0")
         _check(self.temperature >= 0, "temperature", "must be >= 0")
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(

@@ -66,6 +66,32 @@ class ResumeLog:
 # --------------------------------------------------------------------------- HF models
 
 
+def _stop_criteria_base() -> type:
+    from transformers import StoppingCriteria
+
+    return StoppingCriteria
+
+
+class _StopOnStrings(_stop_criteria_base()):
+    """Per-row stop once a stop sequence appears in the newest generated tokens.
+
+    transformers' own ``stop_strings`` precomputes tables over the whole vocabulary on
+    every ``generate`` call (seconds for 50k tokens); decoding a short tail per step is
+    cheap, and no stop sequence spans more than ``window`` tokens.
+    """
+
+    def __init__(self, tok: Any, stops: Iterable[str], prompt_len: int, window: int = 16) -> None:
+        self.tok, self.stops, self.start, self.window = tok, tuple(stops), prompt_len, window
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        tail = input_ids[:, self.start :][:, -self.window :]  # (batch, <= window)
+        texts = self.tok.batch_decode(tail, skip_special_tokens=False)
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 class HFGenerator:
     """One model replica (a Ray actor: one per GPU, or CPU actors)."""
 
@@ -113,8 +139,7 @@ class HFGenerator:
                 top_p=g["top_p"] if sample else None,
                 top_k=None,
                 pad_token_id=self.tok.pad_token_id,
-                stop_strings=list(g["stops"]),
-                tokenizer=self.tok,
+                stopping_criteria=[_StopOnStrings(self.tok, g["stops"], enc["input_ids"].shape[1])],
             )
         new = out[:, enc["input_ids"].shape[1] :]  # (batch, generated)
         return self.tok.batch_decode(new, skip_special_tokens=True)
