@@ -240,6 +240,7 @@ class SynthConfig:
     mine_max_chars: int = 6000  # mined functions longer than this are dropped
     chunk_size: int = 5000  # prompts per LLM batch (progress and memory granularity)
     batch_size: int = 16  # rows per Ray Data validation batch
+    local_max: int = 256  # inputs (answers per chunk, filtered files) up to this run on the driver, not Ray Data
     rows_per_file: int = 5000  # output Parquet rows per file
     diversity_max_rows: int = 5000  # larger sets are measured on a fixed sample
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from phi_ray.synth import parse
 from phi_ray.synth.dedup import signature
@@ -96,29 +97,38 @@ def mine_batch(
 
 
 def mine_exercises(cfg: Any, filtered_stage: str) -> tuple[list[dict[str, Any]], Counter, Counter]:
-    """Mine every file of ``<score>/filtered/`` on Ray Data: (rows, drop reasons, spend).
+    """Mine every file of ``<score>/filtered/``: (rows, drop reasons, spend).
+
+    More than ``synth.local_max`` files are mined on Ray Data across the cluster.
 
     Rows come back ordered by id (a content hash): a deterministic order that spreads a
     later ``n_exercises`` cap across files rather than taking the first ones.
     """
-    import ray
-
     s = cfg.synth
-    ds = ray.data.read_parquet(f"{filtered_stage}/filtered", columns=["id", "content", "path"])
-    ds = ds.map_batches(
-        mine_batch,
-        fn_kwargs={
-            "min_chars": s.min_exercise_chars,
-            "max_chars": s.mine_max_chars,
-            "num_perm": s.dedup_num_perm,
-            "ngram": s.dedup_ngram,
-        },
-        batch_size=64,
-        batch_format="pandas",
-    )
+    kwargs = {
+        "min_chars": s.min_exercise_chars,
+        "max_chars": s.mine_max_chars,
+        "num_perm": s.dedup_num_perm,
+        "ngram": s.dedup_ngram,
+    }
+    path, cols = f"{filtered_stage}/filtered", ["id", "content", "path"]
+    dataset = pq.ParquetDataset(path)
+    n_files = sum(f.metadata.num_rows for f in dataset.fragments)
+    if n_files <= s.local_max:
+        # A few hundred files: mining on the driver beats Ray Data's start-up.
+        table = dataset.read(columns=cols)
+        batches = [mine_batch(b.to_pandas(), **kwargs) for b in table.to_batches(64)]
+        out = pd.concat(batches, ignore_index=True).to_dict("records") if batches else []
+    else:
+        import ray
+
+        ds = ray.data.read_parquet(path, columns=cols).map_batches(
+            mine_batch, fn_kwargs=kwargs, batch_size=64, batch_format="pandas"
+        )
+        out = ds.take_all()
     drops: Counter = Counter()
     rows = []
-    for r in ds.take_all():
+    for r in out:
         if not r["id"]:
             for kv in filter(None, (r["_drops"] or "").split(",")):
                 k, v = kv.rsplit("=", 1)

@@ -7,7 +7,9 @@ Ray Data workers, batch by batch; the driver only collects rows and runs LSH ban
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,29 +56,41 @@ def _validate_batch(
         row = {**rec, **v, "n_examples": int(v.get("n_examples", 0))}
         row.pop("text", None)
         row["id"] = hashlib.sha256(text.encode()).hexdigest()
-        row["_sig"] = dedup.signature(text, num_perm, ngram) if not v["reason"] else None
+        # Dropped rows get an empty signature (not None): one Arrow type for the column.
+        sig = dedup.signature(text, num_perm, ngram) if not v["reason"] else None
+        row["_sig"] = sig if sig is not None else np.zeros(0, np.uint64)
         out.append(row)
     return pd.DataFrame(out)
 
 
 def validate_records(records: list[dict[str, Any]], kind: str, synth: Any) -> list[dict[str, Any]]:
-    """Validate generated records on Ray Data; rows come back in sample order."""
-    import ray
+    """Validate generated records; rows come back in sample order.
 
+    Up to ``synth.local_max`` records run on driver threads (each check is a subprocess,
+    so threads overlap them), which spares a small run Ray Data's start-up; larger sets
+    are spread over the cluster with Ray Data.
+    """
     if not records:
         return []
-    ds = ray.data.from_items(records).map_batches(
-        _validate_batch,
-        fn_kwargs={
-            "kind": kind,
-            "checks": checks_from(synth),
-            "num_perm": synth.dedup_num_perm,
-            "ngram": synth.dedup_ngram,
-        },
-        batch_size=synth.batch_size,
-        batch_format="pandas",
-    )
-    rows = ds.take_all()
+    kwargs = {
+        "kind": kind,
+        "checks": checks_from(synth),
+        "num_perm": synth.dedup_num_perm,
+        "ngram": synth.dedup_ngram,
+    }
+    if len(records) <= synth.local_max:
+        bs = synth.batch_size
+        batches = [pd.DataFrame(records[i : i + bs]) for i in range(0, len(records), bs)]
+        with ThreadPoolExecutor(max(1, min(len(batches), os.cpu_count() or 1))) as pool:
+            frames = list(pool.map(lambda b: _validate_batch(b, **kwargs), batches))
+        rows = pd.concat(frames, ignore_index=True).to_dict("records")
+    else:
+        import ray
+
+        ds = ray.data.from_items(records).map_batches(
+            _validate_batch, fn_kwargs=kwargs, batch_size=synth.batch_size, batch_format="pandas"
+        )
+        rows = ds.take_all()
     return sorted(rows, key=lambda r: r["sample_index"])
 
 
