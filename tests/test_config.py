@@ -91,3 +91,11 @@ def test_section_hash_is_stable_and_sensitive():
     c = load_config("tiny", ["corpus.filters.min_chars=5"])
     assert a.section_hash("corpus") != c.section_hash("corpus")
     assert a.section_hash("model") == c.section_hash("model")
+
+
+def test_float_keys_accept_yaml11_exponents():
+    # PyYAML reads 2.0e6 (no sign in the exponent) as a string
+    c = load_config("tiny", ["estimate.corpus_tokens=2.0e6", "pretrain.lr=3e-4"])
+    assert c.estimate.corpus_tokens == 2e6 and c.pretrain.lr == 3e-4
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config("tiny", ["pretrain.lr=fast"])
