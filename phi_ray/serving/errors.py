@@ -57,12 +57,17 @@ def error_response(status: int, message: str, **kw: Any) -> JSONResponse:
     return JSONResponse(error_body(status, message, **kw), status_code=status, headers=headers)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "null"}
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errs = exc.errors()
     if not errs:
         return "invalid request body", None
     e = errs[0]
-    loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+    # Union members show up in loc as type tags ("str", "list[str]"): not request fields.
+    loc = [str(p) for p in e.get("loc", ()) if p != "body" and str(p) not in _TYPE_TAGS]
+    loc = [p for p in loc if "[" not in p]
     param = ".".join(loc) or None
     if e.get("type") == "json_invalid":
         return f"request body is not valid JSON: {e.get('ctx', {}).get('error', e['msg'])}", None
@@ -143,7 +148,12 @@ class APIKeyMiddleware:
         self.app, self.key = app, api_key.encode() if api_key else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.key is None or scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if self.key is None or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):  # a route prefix (serve.run(route_prefix=...))
+            path = path[len(root) :]
+        if not path.startswith("/v1/"):
             return await self.app(scope, receive, send)
         auth = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = auth.partition(b" ")
