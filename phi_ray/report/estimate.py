@@ -35,7 +35,9 @@ def _price(cfg: Config, model: str | None) -> tuple[str, dict[str, float]]:
 def _llm_line(cfg: Config, item: str, model: str | None, n: int, tin: int, tout: int) -> Line:
     name, p = _price(cfg, model)
     usd = n * (tin * p["input"] + tout * p["output"]) / 1e6
-    return Line(item, f"{n:,} requests x ({tin} in + {tout} out) tokens, {name}", n * (tin + tout), 0.0, usd)
+    return Line(
+        item, f"{n:,} requests x ({tin} in + {tout} out) tokens, {name}", n * (tin + tout), 0.0, usd
+    )
 
 
 def model_parameters(cfg: Config) -> int:
@@ -56,7 +58,9 @@ def _train_line(cfg: Config, item: str, t: TrainConfig, n_params: int) -> Line:
     flops_per_token = 6 * n_params + 12 * cfg.model.n_layer * cfg.model.hidden_size * seq
     e = cfg.estimate
     hours = tokens * flops_per_token / (e.gpu_peak_tflops * 1e12 * e.assumed_mfu) / 3600
-    detail = f"{t.max_steps:,} steps x {t.global_batch} x {seq} tokens, {n_params / 1e9:.2f}B params"
+    detail = (
+        f"{t.max_steps:,} steps x {t.global_batch} x {seq} tokens, {n_params / 1e9:.2f}B params"
+    )
     return Line(item, detail, tokens, hours, hours * e.gpu_hour_usd)
 
 
@@ -66,19 +70,50 @@ def estimate(cfg: Config, corpus_tokens: float | None = None) -> list[Line]:
     lines = []
     llm_on = cfg.llm.base_url is not None or cfg.annotate.judge == "llm"
     if cfg.annotate.judge == "llm" or (cfg.annotate.judge == "auto" and llm_on):
-        lines.append(_llm_line(cfg, "annotate", cfg.annotate.model, cfg.annotate.sample_size,
-                               e.annotate_input_tokens, e.annotate_output_tokens))
+        lines.append(
+            _llm_line(
+                cfg,
+                "annotate",
+                cfg.annotate.model,
+                cfg.annotate.sample_size,
+                e.annotate_input_tokens,
+                e.annotate_output_tokens,
+            )
+        )
     synth_llm = cfg.synth.source == "llm" or (cfg.synth.source == "auto" and llm_on)
     if synth_llm and "textbooks" in cfg.synth.kinds:
-        lines.append(_llm_line(cfg, "synth textbooks", cfg.synth.model, cfg.synth.n_textbooks,
-                               e.textbook_input_tokens, e.textbook_output_tokens))
+        lines.append(
+            _llm_line(
+                cfg,
+                "synth textbooks",
+                cfg.synth.model,
+                cfg.synth.n_textbooks,
+                e.textbook_input_tokens,
+                e.textbook_output_tokens,
+            )
+        )
     if synth_llm and "exercises" in cfg.synth.kinds:
-        lines.append(_llm_line(cfg, "synth exercises", cfg.synth.model, cfg.synth.n_exercises,
-                               e.exercise_input_tokens, e.exercise_output_tokens))
+        lines.append(
+            _llm_line(
+                cfg,
+                "synth exercises",
+                cfg.synth.model,
+                cfg.synth.n_exercises,
+                e.exercise_input_tokens,
+                e.exercise_output_tokens,
+            )
+        )
     tokens = corpus_tokens if corpus_tokens is not None else e.corpus_tokens
     hours = tokens / e.scoring_tokens_per_gpu_hour
-    lines.append(Line("score", f"{tokens:,.0f} corpus tokens at {e.scoring_tokens_per_gpu_hour:,.0f}/GPU-hour",
-                      tokens, hours, hours * e.gpu_hour_usd))
+    lines.append(
+        Line(
+            "score",
+            f"{tokens:,.0f} corpus tokens at {e.scoring_tokens_per_gpu_hour:,.0f}/GPU-hour",
+            tokens,
+            hours,
+            hours * e.gpu_hour_usd,
+        )
+    )
     n_params = model_parameters(cfg)
     lines.append(_train_line(cfg, "pretrain", cfg.pretrain, n_params))
     lines.append(_train_line(cfg, "finetune", cfg.finetune, n_params))
@@ -88,13 +123,17 @@ def estimate(cfg: Config, corpus_tokens: float | None = None) -> list[Line]:
 def format_table(lines: list[Line], cfg: Config) -> str:
     rows = [f"{'item':<16} {'tokens':>14} {'GPU-hours':>10} {'USD':>11}  detail"]
     for ln in lines:
-        rows.append(f"{ln.item:<16} {ln.tokens:>14,.0f} {ln.gpu_hours:>10,.1f} {ln.usd:>11,.2f}  {ln.detail}")
+        rows.append(
+            f"{ln.item:<16} {ln.tokens:>14,.0f} {ln.gpu_hours:>10,.1f} {ln.usd:>11,.2f}  {ln.detail}"
+        )
     llm = sum(ln.usd for ln in lines if ln.gpu_hours == 0)
     gpu = sum(ln.usd for ln in lines if ln.gpu_hours > 0)
     hours = sum(ln.gpu_hours for ln in lines)
-    rows.append(f"{'total':<16} {'':>14} {hours:>10,.1f} {llm + gpu:>11,.2f}  "
-                f"LLM ${llm:,.2f} + GPU ${gpu:,.2f} (${cfg.estimate.gpu_hour_usd}/GPU-hour, "
-                f"MFU {cfg.estimate.assumed_mfu:.0%} of {cfg.estimate.gpu_peak_tflops:.0f} TFLOP/s)")
+    rows.append(
+        f"{'total':<16} {'':>14} {hours:>10,.1f} {llm + gpu:>11,.2f}  "
+        f"LLM ${llm:,.2f} + GPU ${gpu:,.2f} (${cfg.estimate.gpu_hour_usd}/GPU-hour, "
+        f"MFU {cfg.estimate.assumed_mfu:.0%} of {cfg.estimate.gpu_peak_tflops:.0f} TFLOP/s)"
+    )
     return "\n".join(rows)
 
 
@@ -107,7 +146,15 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     if measured:
         print(f"(corpus tokens from this run's ingest stage: {measured:,})")
     path = run.path("estimate.json")
-    run.write_json(path, {"preset": cfg.preset, "lines": [vars(ln) for ln in lines],
-                          "total_usd": sum(ln.usd for ln in lines),
-                          "gpu_hours": sum(ln.gpu_hours for ln in lines)})
-    return StageResult("estimate", os.fspath(path), False, {"total_usd": sum(ln.usd for ln in lines)})
+    run.write_json(
+        path,
+        {
+            "preset": cfg.preset,
+            "lines": [vars(ln) for ln in lines],
+            "total_usd": sum(ln.usd for ln in lines),
+            "gpu_hours": sum(ln.gpu_hours for ln in lines),
+        },
+    )
+    return StageResult(
+        "estimate", os.fspath(path), False, {"total_usd": sum(ln.usd for ln in lines)}
+    )

@@ -7,7 +7,14 @@ from phi_ray.report.estimate import estimate, model_parameters
 def test_phi1_estimate_follows_its_formulas():
     cfg = load_config("phi1", ["llm.base_url=http://127.0.0.1:1/v1"])
     lines = {ln.item: ln for ln in estimate(cfg)}
-    assert set(lines) == {"annotate", "synth textbooks", "synth exercises", "score", "pretrain", "finetune"}
+    assert set(lines) == {
+        "annotate",
+        "synth textbooks",
+        "synth exercises",
+        "score",
+        "pretrain",
+        "finetune",
+    }
     n = model_parameters(cfg)
     assert 1.3e9 < n < 1.5e9  # phi-1: 1.3B non-embedding-ish, 1.42B with both embeddings
     p = lines["pretrain"]

@@ -1,0 +1,272 @@
+"""The report's sections. Each reads one stage's artifacts and returns HTML, or ``None``
+when that stage has not run (the report then says so instead of showing an empty plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pyarrow.dataset as pads
+
+from phi_ray.report import plots
+from phi_ray.runs import RunDir
+from phi_ray.stages import ORDER
+
+# The paper's pass@1 (%), Table 1 and section 3 of arXiv 2306.11644.
+PAPER_PASS1 = {
+    "phi-1": {"humaneval": 50.6, "mbpp": 55.5},
+    "phi-1-small": {"humaneval": 45.0},
+    "phi-1-base": {"humaneval": 29.0},
+}
+
+
+def _read_json(run: RunDir, *parts: str) -> Any | None:
+    try:
+        with run.fs.open_input_stream(run._fs_path(run.path(*parts))) as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_jsonl(run: RunDir, *parts: str) -> list[dict]:
+    try:
+        with run.fs.open_input_stream(run._fs_path(run.path(*parts))) as f:
+            text = f.read().decode()
+    except (FileNotFoundError, OSError):
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _column(run: RunDir, parts: tuple[str, ...], column: str) -> list | None:
+    path = run._fs_path(run.path(*parts))
+    try:
+        ds = pads.dataset(path, filesystem=run.fs, format="parquet")
+        if column not in ds.schema.names:
+            return None
+        return ds.to_table(columns=[column]).column(column).to_pylist()
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flat(v, key + ".")
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out.append((key, v))
+    return out
+
+
+def funnel(run: RunDir) -> str | None:
+    """Files and tokens through the stages, drop reasons, and each stage's counts."""
+    succ = {s: run.read_success(s) for s in ORDER}
+    done = {s: v for s, v in succ.items() if v}
+    if not done:
+        return None
+    steps: list[tuple[str, float, float]] = []  # (label, files, tokens)
+    ing = done.get("ingest", {}).get("counts", {})
+    if ing:
+        steps.append(("corpus in", ing.get("files_in", 0), ing.get("tokens_in", 0)))
+        steps.append(("corpus out", ing.get("files_out", 0), ing.get("tokens_out", 0)))
+    sc = done.get("score", {}).get("counts", {})
+    if sc:
+        steps.append(
+            ("filtered (kept)", sc.get("files_out", sc.get("kept", 0)), sc.get("tokens_out", 0))
+        )
+    syn = done.get("synth", {}).get("counts", {})
+    if syn:
+        steps.append(("textbooks", syn.get("textbooks_out", 0), syn.get("textbooks_tokens", 0)))
+        steps.append(("exercises", syn.get("exercises_out", 0), syn.get("exercises_tokens", 0)))
+    html = ""
+    if steps:
+        labels = [s[0] for s in steps]
+        html += plots.bars(labels, [s[1] for s in steps], "files / rows per step", log=True)
+        if any(s[2] for s in steps):
+            html += plots.bars(labels, [s[2] for s in steps], "tokens per step", log=True)
+    rows = []
+    for s, v in done.items():
+        for k, val in _flat(v.get("counts", {})):
+            rows.append((s, k, val))
+        rows.append((s, "duration_s", v.get("duration_s", "")))
+    html += "<h3>Counts per stage (from each _SUCCESS.json), drop reasons included</h3>"
+    html += plots.table(rows, ["stage", "count", "value"])
+    missing = [s for s in ORDER if s not in done and s != "report"]
+    if missing:
+        html += f"<p class=note>Not run (or not finished) in this run: {', '.join(missing)}.</p>"
+    return html
+
+
+def annotation(run: RunDir) -> str | None:
+    succ = run.read_success("annotate")
+    if not succ:
+        return None
+    scores = _column(run, ("annotate", "labels"), "score") or []
+    html = f"<p>Judge: <b>{succ.get('judge', '?')}</b>; {len(scores):,} files rated.</p>"
+    if scores:
+        html += plots.hist(
+            scores, "educational-value score (0-5)", bins=[x - 0.5 for x in range(7)]
+        )
+    cost = {k: v for k, v in _flat(succ) if "cost" in k or "usd" in k or "tokens" in k}
+    if cost:
+        html += plots.table(sorted(cost.items()), ["accounting", "value"])
+    return html
+
+
+def classifier(run: RunDir) -> str | None:
+    m = _read_json(run, "classify", "classifier", "metrics.json")
+    if not m:
+        return None
+    meta = _read_json(run, "classify", "classifier", "meta.json") or {}
+    html = plots.table(
+        [(k, v) for k, v in _flat(m) if not isinstance(v, (list, dict))], ["metric", "value"]
+    )
+    cm = m.get("confusion_matrix") or m.get("heldout", {}).get("confusion_matrix")
+    if cm:
+        html += plots.matrix(cm, ["0", "1"], "confusion matrix (held out)")
+    pr = m.get("pr_curve") or m.get("heldout", {}).get("pr_curve")
+    if isinstance(pr, dict) and pr.get("precision") and pr.get("recall"):
+        html += plots.lines(
+            {"PR": (pr["recall"], pr["precision"])},
+            "precision-recall (held out)",
+            xlabel="recall",
+            ylabel="precision",
+        )
+    if meta:
+        html += plots.table([(k, v) for k, v in _flat(meta)], ["meta", "value"])
+    return html
+
+
+def quality_scores(run: RunDir) -> str | None:
+    q = _column(run, ("score", "scored"), "quality")
+    if not q:
+        return None
+    meta = _read_json(run, "classify", "classifier", "meta.json") or {}
+    thr = meta.get("threshold")
+    kept = sum(1 for v in q if thr is not None and v >= thr)
+    html = plots.hist(q, "quality score over the whole corpus", vline=thr, xlabel="P(educational)")
+    if thr is not None:
+        html += f"<p>{kept:,} of {len(q):,} files at or above the threshold {thr:.3f}.</p>"
+    return html
+
+
+def synth(run: RunDir) -> str | None:
+    succ = run.read_success("synth")
+    if not succ:
+        return None
+    div = _read_json(run, "synth", "diversity.json") or {}
+    rows = [(k, v) for k, v in _flat(div)]
+    html = plots.table(rows, ["diversity", "value"]) if rows else "<p>No diversity report.</p>"
+    return html
+
+
+def decontam(run: RunDir) -> str | None:
+    rep = _read_json(run, "decontam", "report.json")
+    if not rep:
+        return None
+    taus = sorted(rep.get("taus", []))
+    succ = (run.read_success("decontam") or {}).get("counts", {})
+    removed = []
+    for t in taus:
+        key = [
+            k for k in succ if k.endswith(f"removed_tau={t}") or k.endswith(f"removed_tau={t:g}")
+        ]
+        removed.append(sum(succ[k] for k in key))
+    html = ""
+    if taus and any(removed):
+        html += plots.bars([f"τ={t}" for t in taus], removed, "rows removed per τ")
+    html += plots.table(sorted(succ.items()), ["count", "value"])
+    split = _read_json(run, "decontam", "humaneval_split.json")
+    if split:
+        html += (
+            f"<p>HumanEval split: {len(split.get('similar', []))} similar, "
+            f"{len(split.get('non_similar', []))} non-similar problems.</p>"
+        )
+    return html
+
+
+def training(run: RunDir, stage: str) -> str | None:
+    rows = _read_jsonl(run, stage, "metrics.jsonl")
+    if not rows:
+        return None
+    train = [r for r in rows if "loss" in r and "step" in r]
+    evals = [r for r in rows if "val_loss" in r and "step" in r]
+    html = ""
+    series = {"train": ([r["step"] for r in train], [r["loss"] for r in train])}
+    if evals:
+        series["validation"] = ([r["step"] for r in evals], [r["val_loss"] for r in evals])
+    html += plots.lines(series, f"{stage} loss", ylabel="loss")
+    for key, title in (("lr", "learning rate"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU")):
+        pts = [(r["step"], r[key]) for r in train if isinstance(r.get(key), (int, float))]
+        if pts:
+            html += plots.lines(
+                {key: ([p[0] for p in pts], [p[1] for p in pts])}, f"{stage} {title}"
+            )
+    return html
+
+
+def evaluation(run: RunDir) -> str | None:
+    succ = run.read_success("evaluate")
+    if not succ:
+        return None
+    rows = []
+    for bench in ("humaneval", "mbpp"):
+        s = _read_json(run, "evaluate", bench, "summary.json")
+        if not s:
+            continue
+        ours = {k: v for k, v in s.items() if k.startswith("pass@")}
+        paper = {m: v.get(bench) for m, v in PAPER_PASS1.items()}
+        p1 = ours.get("pass@1")
+        rows.append(
+            (
+                bench,
+                s.get("problems", s.get("n_problems", "")),
+                "" if p1 is None else round(100 * p1, 2),
+                *("" if v is None else v for v in paper.values()),
+            )
+        )
+        for split, vals in (s.get("split") or {}).items():
+            v = vals.get("pass@1")
+            rows.append(
+                (
+                    f"{bench} ({split})",
+                    vals.get("problems", ""),
+                    "" if v is None else round(100 * v, 2),
+                    "",
+                    "",
+                    "",
+                )
+            )
+    if not rows:
+        return None
+    return plots.table(
+        rows, ["benchmark", "problems", "this run pass@1 %", *(f"paper {m}" for m in PAPER_PASS1)]
+    )
+
+
+def costs(run: RunDir) -> str | None:
+    rows = []
+    total = 0.0
+    for s in ORDER:
+        succ = run.read_success(s)
+        if not succ:
+            continue
+        usd = [v for k, v in _flat(succ) if k.endswith("cost_usd") and isinstance(v, (int, float))]
+        spent = float(sum(usd)) if usd else 0.0
+        total += spent
+        rows.append((s, round(succ.get("duration_s", 0.0), 1), round(spent, 4)))
+    if not rows:
+        return None
+    est = _read_json(run, "estimate.json")
+    html = plots.table(
+        rows + [("total", round(sum(r[1] for r in rows), 1), round(total, 4))],
+        ["stage", "wall seconds", "LLM USD"],
+    )
+    if est and not math.isnan(est.get("total_usd", float("nan"))):
+        html += (
+            f"<p>`phi-ray estimate` for this preset: ${est['total_usd']:,.2f} "
+            f"({est.get('gpu_hours', 0):,.1f} GPU-hours at cluster scale).</p>"
+        )
+    return html
