@@ -261,7 +261,7 @@ def costs(run: RunDir) -> str | None:
         return None
     est = _read_json(run, "estimate.json")
     html = plots.table(
-        rows + [("total", round(sum(r[1] for r in rows), 1), round(total, 4))],
+        [*rows, ("total", round(sum(r[1] for r in rows), 1), round(total, 4))],
         ["stage", "wall seconds", "LLM USD"],
     )
     if est and not math.isnan(est.get("total_usd", float("nan"))):
