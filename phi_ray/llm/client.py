@@ -48,14 +48,15 @@ _BAD_RESPONSE = (
 )
 
 
-def _retry_after(e: openai.APIStatusError) -> float | None:
-    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``)."""
+def _retry_after(e: openai.APIStatusError, cap: float) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``), at most
+    ``cap`` (a misconfigured proxy must not park a stage for hours; attempts stay bounded)."""
     headers = e.response.headers
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
         with contextlib.suppress(TypeError, ValueError):
             v = float(headers.get(name))
             if v >= 0:
-                return v * scale
+                return min(v * scale, cap)
     return None
 
 
@@ -391,7 +392,8 @@ class LLMClient:
                     return Failure(req.id, f"http_{code}", str(e.message)[:500], None, req.meta)
                 last = f"http {code}: {e.message}"
                 self.stats["retry_429" if code == 429 else "retry_http"] += 1
-                delay = _retry_after(e) if code == 429 else None
+                cap = max(60.0, self.cfg.backoff_max_s)
+                delay = _retry_after(e, cap) if code == 429 else None
             except openai.APITimeoutError:
                 last = f"timeout after {self.cfg.timeout_s}s"
                 self.stats["retry_timeout"] += 1

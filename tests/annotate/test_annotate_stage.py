@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 
 import pyarrow.parquet as pq
 import pytest
@@ -128,6 +129,15 @@ def test_budget_halts_the_stage_and_a_rerun_with_more_completes_it(tmp_path, ray
         assert res.success["llm"]["cache_hits"] == paid_before
 
 
+def _cached(db: str) -> int:
+    """Answers in the child's cache so far (0 while the file or table is being created)."""
+    try:
+        with closing(sqlite3.connect(db, timeout=5)) as c:
+            return c.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 _CHILD = """
 import sys
 import phi_ray.annotate.stage as stage
@@ -166,10 +176,7 @@ def test_sigkill_midway_then_rerun_answers_every_paid_call_from_cache(tmp_path, 
         db = os.path.join(run.work_path("annotate"), "llm_cache.sqlite")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            cached = 0
-            if os.path.exists(db):
-                with sqlite3.connect(db, timeout=5) as c:
-                    cached = c.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            cached = _cached(db)
             if cached == 30 and srv.calls["requests"] > 30:
                 break
             assert child.poll() is None, (tmp_path / "child.log").read_text()
