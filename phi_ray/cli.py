@@ -103,6 +103,21 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _print_next_steps(cfg: Config) -> None:
+    """Where the report is and how to serve what the run produced."""
+    from phi_ray.runs import RunDir
+
+    run = RunDir.from_config(cfg)
+    if run.is_complete("report"):
+        print(f"report: {run.path('report.html')}")
+    model = next((s for s in ("finetune", "pretrain") if run.is_complete(s)), None)
+    if model:
+        serve = f"phi-ray serve --model {run.path(model, 'model')}"
+        if run.is_complete("classify"):
+            serve += f" --classifier {run.path('classify', 'classifier')}"
+        print(f"serve it: {serve}")
+
+
 def _run_stage(cfg: Config, name: str, force: bool) -> int:
     from phi_ray.runs import RunDir
     from phi_ray.runtime import init_ray
@@ -168,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"not built yet: {', '.join(res.missing) or '-'}; "
                     f"waiting on those: {', '.join(res.blocked) or '-'}"
                 )
+            _print_next_steps(cfg)
             return 0
         return _run_stage(cfg, args.command, getattr(args, "force", False))
     except (FileNotFoundError, ValueError) as e:
