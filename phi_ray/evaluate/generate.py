@@ -45,13 +45,14 @@ class ResumeLog:
         self.path = path
         self.rows: dict[Unit, dict[str, Any]] = {}
         if path and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:  # a torn last line from a crash
-                        continue
-                    self.rows[(row["task_id"], row["sample"])] = row
+            with open(path, "rb+") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):  # a line torn by a crash: drop it
+                    data = data[: data.rfind(b"\n") + 1]
+                    f.truncate(len(data))
+            for line in data.decode("utf-8").splitlines():
+                row = json.loads(line)
+                self.rows[(row["task_id"], row["sample"])] = row
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:

@@ -149,3 +149,32 @@ def test_stop_criterion_per_row(tokenizer):
     # A stop sequence inside the prompt does not count.
     stop = _StopOnStrings(tokenizer, ["def f"], prompt.shape[1])
     assert stop(torch.tensor([ids[1]]), None).tolist() == [False]
+
+
+def test_generation_resumes_from_its_log(tmp_path):
+    from phi_ray.evaluate.generate import ResumeLog, generate_endpoint
+
+    problems = load_humaneval()[:3]
+    log_path = str(tmp_path / "gen.jsonl")
+    ResumeLog(log_path).add(
+        [{"task_id": "HumanEval/0", "sample": 0, "completion": "x", "raw": "x"}]
+    )
+    with open(log_path, "a") as f:
+        f.write('{"task_id": "HumanEval/1", "sam')  # a line torn by a crash
+    with OpenAITestServer() as srv:
+        ecfg = load_config("tiny", [f"evaluate.endpoint={srv.base_url}"]).evaluate
+        done = generate_endpoint(srv.base_url, problems, ecfg, 0, ResumeLog(log_path))
+        assert srv.calls["completion"] == 2  # HumanEval/0 was not asked again
+    assert done[("HumanEval/0", 0)]["completion"] == "x"
+    assert done[("HumanEval/2", 0)]["completion"] == "    pass\n"
+    assert len(ResumeLog(log_path).rows) == 3
+
+
+@pytest.mark.gpu
+def test_checkpoint_generation_on_gpu(tiny_model_dir):
+    from phi_ray.evaluate.generate import HFGenerator
+
+    gen = {"max_new_tokens": 16, "temperature": 0.0, "top_p": 0.95, "stops": STOP_SEQUENCES}
+    prompts = [p.prompt for p in load_humaneval()[:4]]
+    gpu = HFGenerator(tiny_model_dir, gen, device="cuda").generate(prompts, seed=0)
+    assert len(gpu) == 4 and all(isinstance(t, str) for t in gpu)
