@@ -299,7 +299,8 @@ class DecontamConfig:
     # problems (calibrates any embedder); 1.0 keeps every k-NN pair. l2_max overrides it.
     l2_quantile: float = 0.05
     l2_max: float | None = None
-    batch_size: int = 256  # rows per Ray Data batch
+    # rows per Ray Data batch; each batch writes one Parquet file per tau, so not too small
+    batch_size: int = 1024
 
     def __post_init__(self) -> None:
         _check(self.ngram > 0, "ngram", "must be > 0")

@@ -6,15 +6,21 @@ For every configured dataset (``synth/exercises`` by default) and benchmark prob
 2. the row's k nearest problems by embedding L2 distance (:mod:`~phi_ray.decontam.embed_nn`);
 3. the AST match rate with each close neighbour (:mod:`~phi_ray.decontam.astmatch`).
 
-The per-row work runs in Ray Data and lands in a match table under the run's work
-directory (reused after a crash). The τ sweep then writes, under ``decontam/``::
+Each dataset is one streaming Ray Data pass (read -> embed + k-NN on an actor pool, GPUs
+when ``quality.num_gpus`` > 0 -> n-gram + AST tasks that also write the pruned copies), so
+the data is read once for all τs. Outputs, under ``decontam/``::
 
-    report.json               counts per τ and reason, timings, every removed row with
-                              the task ids it matched, by which method and at which τ
+    report.json               counts per τ and reason, timings per method, benchmark
+                              status (loaded / skipped and why), and every removed row with
+                              the task ids it matched, by which method and at which τs
     humaneval_split.json      {"similar": [...], "non_similar": [...]} at split_tau
-    pruned/tau=<t>/           the exercises kept at each τ (other datasets:
-                              pruned/<name>/tau=<t>/)
+    pruned/tau=<t>/           the exercises kept at each τ, every input column
+                              (other datasets: pruned/<name>/tau=<t>/)
     exercises/                the exercises kept at use_tau, for the pack stage
+    matches/<dataset>/        the match table: per row, tasks matched by each method
+
+A crash leaves no partial output (the stage directory appears only when complete); a
+rerun recomputes the pass, which is one read of the data and one embedding of each row.
 """
 
 from __future__ import annotations
@@ -135,7 +141,7 @@ def _match_table(
                 "embed_text": dcfg.embed_text,
                 "use_gpu": gpus > 0,
             },
-            concurrency=cfg.quality.concurrency,
+            compute=ray.data.ActorPoolStrategy(size=cfg.quality.concurrency),
             num_gpus=gpus or None,
             batch_format="pyarrow",
             batch_size=bs,
