@@ -36,7 +36,9 @@ class VLLMEngine:
             model=model_dir, tokenizer=model_dir, gpu_memory_utilization=gpu_memory_utilization
         )
         engine = AsyncLLMEngine.from_engine_args(args)
-        return cls(engine, int(engine.engine.model_config.max_model_len))
+        # vLLM V1's AsyncLLM has model_config itself; V0 kept it on the inner engine.
+        mcfg = getattr(engine, "model_config", None) or engine.engine.model_config
+        return cls(engine, int(mcfg.max_model_len))
 
     async def _one(self, i: int, spec: SeqSpec, out: asyncio.Queue) -> None:
         from vllm import SamplingParams
