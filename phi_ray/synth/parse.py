@@ -37,9 +37,13 @@ def strip_boilerplate(text: str) -> str:
     return _BOILER_CLOSE.sub("\n", text).strip() + "\n"
 
 
-def code_blocks(text: str) -> list[str]:
-    """The contents of fenced Python (or untagged) code blocks, in order."""
-    return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in _PY_LANGS]
+def code_blocks(text: str, tagged: bool = False) -> list[str]:
+    """The contents of fenced Python (or untagged) code blocks, in order.
+
+    ``tagged``: only blocks tagged as Python (untagged blocks are often program output).
+    """
+    langs = _PY_LANGS - {""} if tagged else _PY_LANGS
+    return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in langs]
 
 
 def has_unclosed_fence(text: str) -> bool:

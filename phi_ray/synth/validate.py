@@ -42,6 +42,16 @@ def _run(code: str, sessions: list[str], checks: Checks) -> sandbox.ExecResult:
     return sandbox.run_examples(code, sessions, checks.exec_timeout_s, checks.exec_memory_mb)
 
 
+def _parses(code: str) -> bool:
+    if parse.is_session(code):
+        return parse.session_parses(code)
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def validate_textbook(text: str, finish_reason: str | None, checks: Checks) -> dict[str, Any]:
     """``{"reason": "", "content": ..., "tests_status": ...}``; a non-empty reason drops it."""
     out: dict[str, Any] = {"reason": "", "content": "", "tests_status": sandbox.NOT_RUN}
@@ -51,7 +61,9 @@ def validate_textbook(text: str, finish_reason: str | None, checks: Checks) -> d
     out["content"] = content
     if len(content.strip()) < checks.min_chars:
         return {**out, "reason": "too_short"}
-    blocks = parse.code_blocks(content)
+    tagged = parse.code_blocks(content, tagged=True)
+    # Untagged blocks count as code only when they parse: they are often shown output.
+    blocks = [b for b in parse.code_blocks(content) if b in tagged or _parses(b)]
     if not blocks:
         return {**out, "reason": "no_code"}
     modules, sessions = [], []
@@ -60,12 +72,10 @@ def validate_textbook(text: str, finish_reason: str | None, checks: Checks) -> d
             if not parse.session_parses(b):
                 return {**out, "reason": "syntax_error"}
             sessions.append(b)
-        else:
-            try:
-                ast.parse(b)
-            except (SyntaxError, ValueError):
-                return {**out, "reason": "syntax_error"}
+        elif _parses(b):
             modules.append(b)
+        else:
+            return {**out, "reason": "syntax_error"}
     # Later blocks use earlier ones (the usage block calls the implementation): one module.
     res = _run("\n\n".join(modules), sessions, checks)
     out.update(tests_status=res.status, n_examples=res.attempted)

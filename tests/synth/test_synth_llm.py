@@ -202,9 +202,11 @@ def test_killed_run_resumes_from_the_cache(tmp_path, ray_session):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        time.sleep(1.0)  # let the server finish (and count) what was in flight at the kill
         assert not run.is_complete("synth")  # a killed stage leaves no output behind
         cached = _cache_entries(run)
-        assert 6 <= cached < n
+        # Answers in flight at the kill were paid for but never cached (at most 2 in flight).
+        assert 4 <= cached <= srv.calls["ok"] < n
         before = Counter(srv.calls)
 
         res = synth_run(load_config("tiny", [*args[1::2][1:], "synth.kinds=[textbooks]"]), run)

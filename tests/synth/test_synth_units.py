@@ -152,12 +152,13 @@ def test_validate_textbook_and_exercise():
     assert v["content"].startswith("# Triangles")
     bad = book.replace("10.0", "11.0")
     assert validate_textbook(bad, None, checks)["reason"] == "examples_failed"
-    assert validate_textbook(book.replace("x = ", "x = = "), None, checks)["reason"] == ""
     assert (
         validate_textbook(book.replace("import math", "import math("), None, checks)["reason"]
         == "syntax_error"
     )
     assert validate_textbook("# Hi\n\ntext only " * 20, None, checks)["reason"] == "no_code"
+    shown_output = book + "\nOutput:\n\n```\n5.0 and 13.0 (the lengths)\n```\n"
+    assert validate_textbook(shown_output, None, checks)["reason"] == ""
     assert validate_textbook("# Hi", None, checks)["reason"] == "too_short"
     ex = validate_exercise(f"```python\n{GOOD_FN}```", "hypotenuse", None, checks)
     assert ex["reason"] == "" and ex["completion"].strip().startswith("return math.sqrt")
