@@ -1,0 +1,280 @@
+"""The per-worker training loop that Ray Train's ``TorchTrainer`` runs on every worker.
+
+One optimizer step = ``accum`` micro-batches per worker x ``num_workers`` workers =
+``global_batch`` sequences, whatever the number of workers. AdamW (decay on matrices only),
+linear warmup then linear decay to ``min_lr``, gradient clipping, bf16/fp16 autocast with a
+grad scaler for fp16, DDP or FSDP2. Every step writes a metrics line; every
+``checkpoint_every`` steps (and at the end) a checkpoint goes to Ray Train, from which a
+restarted worker group, or a rerun of the stage, resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from phi_ray.config import ModelConfig, TrainConfig
+from phi_ray.train import checkpoint as ckpt
+from phi_ray.train.data import BatchPlan, TokenWindows, eval_indices
+from phi_ray.train.metrics import MetricsLog, memory_stats, model_flops_per_token, peak_flops
+
+
+def lr_lambda(tc: TrainConfig):
+    """Multiplier of ``tc.lr`` at a step: linear warmup, then linear decay to ``min_lr``."""
+
+    def f(step: int) -> float:
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        span = max(tc.max_steps - tc.warmup_steps, 1)
+        frac = min((step - tc.warmup_steps) / span, 1.0)
+        return (tc.min_lr + (1.0 - frac) * (tc.lr - tc.min_lr)) / tc.lr
+
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device):
+    """AdamW; weight decay on weight matrices only (not biases, LayerNorms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": tc.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=tc.lr,
+        betas=tuple(tc.adam_betas),
+        eps=tc.adam_eps,
+        fused=device.type == "cuda",
+    )
+
+
+def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, world: int):
+    """DDP (replicated) or FSDP2 (``fully_shard`` per decoder layer, then the root)."""
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        return fully_shard(model)
+    if world == 1:
+        return model  # nothing to synchronise; skips DDP's bucket copies
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def _sync_context(model: torch.nn.Module, sync: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if hasattr(model, "no_sync") and not sync:
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+    return nullcontext()
+
+
+def _loss(model, w: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    x, y = w[:, :-1], w[:, 1:]  # (B, T) inputs and next-token targets
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(input_ids=x).logits  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def _all_mean(t: torch.Tensor, world: int) -> float:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+        t = t / world
+    return float(t)
+
+
+@torch.no_grad()
+def evaluate(model, val: TokenWindows, tc: TrainConfig, rank, world, dtype, device) -> float:
+    """Mean next-token loss on a fixed set of validation windows (all ranks together)."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, batches)
+    for idx in eval_indices(len(val), rank, world, tc.micro_batch, tc.eval_batches):
+        w = torch.from_numpy(val.take(idx)).to(device)
+        total += torch.stack([_loss(model, w, dtype, device).double(), total.new_ones(())])
+    model.train()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+
+def _maybe_fault(fault: dict | None, step: int, rank: int, world: int) -> None:
+    """Injected crash for tests of recovery: once (a marker file), on the last rank."""
+    if not fault or step != fault["step"] or rank != world - 1:
+        return
+    if os.path.exists(fault["marker"]):
+        return
+    open(fault["marker"], "w").close()
+    if fault.get("mode") == "raise":
+        raise RuntimeError(f"injected fault at step {step}")
+    os._exit(1)  # a hard crash, as a lost node or OOM kill
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``config`` is built by :mod:`phi_ray.train.stage`."""
+    import ray.train
+    import ray.train.torch
+
+    from phi_ray.model.phi import build_model
+    from phi_ray.runtime import pick_dtype
+
+    tc, mcfg = TrainConfig(**config["train"]), ModelConfig(**config["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu" and config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    dtype = pick_dtype(tc.precision, str(device))
+    seed = config["seed"]
+    model = build_model(mcfg, str(device), seed).to(device)  # same init on every rank
+    torch.manual_seed(seed + 1 + rank)  # then dropout masks differ per rank
+    resume = ray.train.get_checkpoint()
+    if config.get("init_from") and resume is None:
+        model.load_state_dict(ckpt.load_hf_weights(config["init_from"]))
+    model = wrap_model(model, tc.strategy, device, world)
+    optim = make_optimizer(model, tc, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(tc))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    state: dict[str, Any] = {"step": 0, "best_val": math.inf, "best_step": -1}
+    best = None
+    if resume is not None:
+        with resume.as_directory() as d:
+            state, best = ckpt.load(d, rank, model, optim)
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+
+    train = TokenWindows(config["train_path"])
+    val = TokenWindows(config["val_path"]) if config.get("val_path") else None
+    plan = BatchPlan(len(train), seed, tc.global_batch, world, tc.micro_batch)
+    loop = _Loop(config, tc, model, optim, sched, scaler, dtype, device, rank, world)
+    loop.run(state, best, train, val, plan)
+
+
+class _Loop:
+    """The step loop, with its metrics, evaluation and checkpoint plumbing."""
+
+    def __init__(self, config, tc, model, optim, sched, scaler, dtype, device, rank, world):
+        self.config, self.tc, self.model, self.optim = config, tc, model, optim
+        self.sched, self.scaler, self.dtype, self.device = sched, scaler, dtype, device
+        self.rank, self.world = rank, world
+        seq_len = int(config["seq_len"])
+        self.tokens_per_step = tc.global_batch * seq_len
+        self.flops_per_token = model_flops_per_token(model, seq_len)
+        dname = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+        self.peak, self.peak_source = peak_flops(str(device), dname)
+
+    def step(self, step: int, train: TokenWindows, plan: BatchPlan) -> tuple[float, float]:
+        """One optimizer step over ``plan.accum`` micro-batches; returns (loss, grad norm)."""
+        loss_sum = torch.zeros((), device=self.device)
+        for m in range(plan.accum):
+            w = torch.from_numpy(train.take(plan.indices(step, self.rank, m))).to(self.device)
+            with _sync_context(self.model, m == plan.accum - 1):
+                loss = _loss(self.model, w, self.dtype, self.device)
+                self.scaler.scale(loss / plan.accum).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optim)
+        clip = self.tc.grad_clip if self.tc.grad_clip > 0 else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2 DTensor
+            gnorm = gnorm.full_tensor()
+        self.scaler.step(self.optim)
+        self.scaler.update()
+        self.optim.zero_grad(set_to_none=True)
+        self.sched.step()
+        return _all_mean(loss_sum / plan.accum, self.world), float(gnorm)
+
+    def run(self, state, best, train, val, plan) -> None:
+        import ray.train
+
+        tc, rank = self.tc, self.rank
+        start = state["step"]
+        log = MetricsLog(self.config["metrics_path"], start) if rank == 0 else None
+        bar = _progress(self.config, start, tc.max_steps) if rank == 0 else None
+        for step in range(start, tc.max_steps):
+            _maybe_fault(self.config.get("fault"), step, rank, self.world)
+            lr = self.sched.get_last_lr()[0]
+            t0 = time.perf_counter()
+            loss, gnorm = self.step(step, train, plan)
+            dt = time.perf_counter() - t0
+            done = step + 1
+            tps = self.tokens_per_step / dt
+            rec = {
+                "step": done,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": gnorm,
+                "tokens_per_s": tps,
+                "mfu": self.flops_per_token * tps / (self.peak * self.world) if self.peak else 0.0,
+                "step_time_s": dt,
+                "epoch": plan.epoch(done),
+                "tokens": done * self.tokens_per_step,
+                **memory_stats(str(self.device)),
+            }
+            last = done == tc.max_steps
+            if val is not None and len(val) and (done % tc.eval_every == 0 or last):
+                rec["val_loss"] = evaluate(
+                    self.model, val, tc, rank, self.world, self.dtype, self.device
+                )
+                if rec["val_loss"] < state["best_val"]:
+                    state.update(best_val=rec["val_loss"], best_step=done)
+                    if tc.keep_best:
+                        best = ckpt.full_model_state(self.model)
+            if log:
+                log.write(rec)
+            if bar:
+                bar.update(1)
+                bar.set_description(f"step {done} loss {loss:.3f}")
+            if done % tc.checkpoint_every == 0 or last:
+                state["step"] = done
+                self._checkpoint(rec, state, best)
+            elif done % tc.log_every == 0:
+                ray.train.report(rec)
+        if log:
+            log.close()
+        if bar:
+            bar.close()
+
+    def _checkpoint(self, rec: dict, state: dict, best) -> None:
+        import ray.train
+
+        state = {
+            **state,
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "world_size": self.world,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            ckpt.save(d, self.rank, self.model, self.optim, state, best if self.rank == 0 else None)
+            ray.train.report(
+                {**rec, "best_val_loss": state["best_val"], "best_step": state["best_step"]},
+                checkpoint=ray.train.Checkpoint.from_directory(d),
+                checkpoint_dir_name=f"step-{state['step']:08d}",
+            )
+
+
+def _progress(config: dict, start: int, total: int):
+    """A progress bar that renders on the driver (Ray's tqdm), when asked for."""
+    if not config.get("progress"):
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=total, desc="train")
+    bar.update(start)
+    return bar

@@ -1,0 +1,155 @@
+"""``phi-ray pretrain`` / ``phi-ray finetune``: Ray Train ``TorchTrainer`` runs of phi-1.
+
+Checkpoints live in Ray Train's storage under ``run.work_path(<phase>)/ray-<hash>/``; the
+name carries the config hash, so rerunning an interrupted stage with the same config
+resumes from its latest checkpoint (Ray Train reloads its checkpoint snapshot), while a
+changed config starts afresh. ``FailureConfig(max_failures)`` restarts a crashed worker
+group from the latest checkpoint within one run.
+
+Outputs: ``<phase>/model/`` (Hugging Face format; finetune keeps the best validation step
+when ``keep_best``), ``<phase>/metrics.jsonl`` (one line per step), ``<phase>/_SUCCESS.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+from typing import Any
+
+from phi_ray.config import Config, TrainConfig
+from phi_ray.runs import RunDir, StageResult
+
+log = logging.getLogger("phi_ray.train")
+
+# Test hook: "STEP:MARKER[:raise]" crashes the last worker once at STEP (see loop._maybe_fault).
+FAULT_ENV = "PHI_RAY_TRAIN_FAULT"
+
+
+def _fault_from_env() -> dict[str, Any] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    step, marker, *mode = spec.split(":")
+    return {"step": int(step), "marker": marker, "mode": mode[0] if mode else "exit"}
+
+
+def loop_config(
+    cfg: Config, run: RunDir, phase: str, init_from: str | None, metrics_path: str
+) -> dict[str, Any]:
+    """The plain-dict config each Ray Train worker gets (no Config pickling surprises)."""
+    tc: TrainConfig = getattr(cfg, phase)
+    tokens = run.path("pack", phase)
+    val = f"{tokens}/val"
+    has_val = (run.read_success("pack") or {}).get("counts", {}).get(f"{phase}_val_windows", 1)
+    return {
+        "train": dataclasses.asdict(tc),
+        "model": dataclasses.asdict(cfg.model),
+        "seed": cfg.run.seed,
+        "seq_len": cfg.pack.seq_len,
+        "train_path": f"{tokens}/train",
+        "val_path": val if has_val else None,
+        "init_from": init_from,
+        "metrics_path": metrics_path,
+        "threads": tc.cpus_per_worker if not tc.use_gpu else None,
+        "progress": tc.progress and sys.stderr.isatty(),
+        "fault": _fault_from_env(),
+    }
+
+
+def make_trainer(cfg: Config, run: RunDir, phase: str, storage: str, name: str, loop_cfg: dict):
+    """The TorchTrainer for one phase (DDP on NCCL or gloo; FSDP2 when asked)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from phi_ray.train.loop import train_loop
+
+    tc: TrainConfig = getattr(cfg, phase)
+    resources = {"CPU": tc.cpus_per_worker} | ({"GPU": 1} if tc.use_gpu else {})
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_cfg,
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+        ),
+    )
+
+
+def _export(result: Any, cfg: Config, phase: str, out_dir: str) -> dict[str, Any]:
+    """The final (or best) weights of the last checkpoint as ``<out_dir>/model``."""
+    import torch
+
+    from phi_ray.train.checkpoint import export_hf
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"{phase}: training finished without a checkpoint")
+    tc: TrainConfig = getattr(cfg, phase)
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "trainer.pt"), weights_only=False)
+        best = os.path.join(d, "best_model.pt")
+        use_best = tc.keep_best and os.path.exists(best)
+        weights = torch.load(best if use_best else os.path.join(d, "model.pt"), weights_only=True)
+    export_hf(weights, cfg.model, f"{out_dir}/model", cfg.pack.tokenizer)
+    return {
+        "steps": state["step"],
+        "exported": "best" if use_best else "final",
+        "best_step": state["best_step"],
+        "best_val_loss": state["best_val"],
+    }
+
+
+def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
+    from phi_ray.runtime import init_ray
+
+    init_ray(cfg)
+    upstream = ("pack",) if phase == "pretrain" else ("pack", "pretrain")
+    h = run.config_hash(cfg, ("model", phase), upstream=upstream) + f"-seed{cfg.run.seed}"
+    with run.stage(phase, h) as out:
+        if out.skipped:
+            return out.result
+        run.require("pack", needed_by=phase)
+        tc: TrainConfig = getattr(cfg, phase)
+        init_from = None
+        if phase == "finetune":  # from the run's pretrained model unless told otherwise
+            init_from = tc.init_from or f"{run.require('pretrain', needed_by=phase)}/model"
+        work = run.work_path(phase)
+        metrics = os.path.join(work, f"metrics-{h}.jsonl")
+        loop_cfg = loop_config(cfg, run, phase, init_from, metrics)
+        trainer = make_trainer(cfg, run, phase, work, f"ray-{h}", loop_cfg)
+        log.info(
+            "%s: %d steps on %d workers; checkpoints in %s",
+            phase,
+            tc.max_steps,
+            tc.num_workers,
+            work,
+        )
+        result = trainer.fit()
+        info = _export(result, cfg, phase, out.tmp)
+        if os.path.exists(metrics):
+            shutil.copy(metrics, os.path.join(out.tmp, "metrics.jsonl"))
+        final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+        return out.finish(
+            counts={"steps": info["steps"], "tokens": int(final.get("tokens", 0))},
+            final_metrics=final,
+            checkpoint=result.checkpoint.path,
+            **info,
+        )
+
+
+def pretrain(cfg: Config, run: RunDir) -> StageResult:
+    """Pretrain phi-1-base on ``pack/pretrain`` with Ray Train; exports ``pretrain/model/``."""
+    return _train(cfg, run, "pretrain")
+
+
+def finetune(cfg: Config, run: RunDir) -> StageResult:
+    """Finetune ``pretrain/model/`` on ``pack/finetune``; exports the best ``finetune/model/``."""
+    return _train(cfg, run, "finetune")
