@@ -173,7 +173,9 @@ def _llm_labels(sample: pa.Table, cfg: Config, run: RunDir) -> tuple[pa.Table, l
     failures: list[dict] = []
     stats: Counter[str] = Counter()
     last: dict[str, Any] = {}
-    with LLMClient(cfg.llm, run.work_path("annotate"), model=model) as llm:
+    # Every call of this stage leaves this one process, so its limiter is in-process: a Ray
+    # actor (what clients in many workers share) would only add a round trip per call.
+    with LLMClient(cfg.llm, run.work_path("annotate"), model=model, use_ray=False) as llm:
         for n, chunk in enumerate(chunks, 1):
             reqs = [
                 build_request(
