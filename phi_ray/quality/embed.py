@@ -97,6 +97,29 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenize_head(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """The first ``max_length`` token ids of each text; ``[<|endoftext|>]`` for an empty one.
+
+    Texts are cut to a character prefix first (see the module docstring) so that long
+    files cost no more than short ones.
+    """
+    n = max_length
+    ids = _encode(tokenizer, [t[: 8 * n] for t in texts])
+    redo = [i for i, t in enumerate(texts) if len(t) > 8 * n and len(ids[i]) < n + _SLACK_TOKENS]
+    longer = _encode(tokenizer, [texts[i][: MAX_TOKEN_CHARS * n] for i in redo])
+    for i, row in zip(redo, longer, strict=True):
+        ids[i] = row
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return [row[:n] if row else [eos] for row in ids]
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+    return [list(x) for x in enc["input_ids"]]
+
+
 class Embedder:
     """Embeds code files with a (CodeGen) transformer; see the module docstring.
 
@@ -108,9 +131,8 @@ class Embedder:
         self.device = device
         self.seed = seed
         self.tokenizer = load_tokenizer(embedder_cfg.model)
-        self.eos_id = self.tokenizer.eos_token_id
-        if self.eos_id is None:
-            self.eos_id = self.tokenizer.pad_token_id or 0
+        eos = self.tokenizer.eos_token_id
+        self.eos_id = eos if eos is not None else 0  # pads too: padding is masked out
         self.dtype = pick_dtype("auto", device)
         model, self._via_lm = _load_model(embedder_cfg, len(self.tokenizer), self.dtype, seed)
         self.model = model.to(device).eval()
@@ -145,21 +167,7 @@ class Embedder:
     # -- tokens -----------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text's head, at most ``max_length`` long, never empty."""
-        n = self.cfg.max_length
-        ids = self._encode([t[: 8 * n] for t in texts])
-        redo = [
-            i for i, t in enumerate(texts) if len(t) > 8 * n and len(ids[i]) < n + _SLACK_TOKENS
-        ]
-        longer = self._encode([texts[i][: MAX_TOKEN_CHARS * n] for i in redo])
-        for i, row in zip(redo, longer, strict=True):
-            ids[i] = row
-        return [row[:n] if row else [self.eos_id] for row in ids]
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        enc = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
-        return [list(x) for x in enc["input_ids"]]
+        return tokenize_head(self.tokenizer, texts, self.cfg.max_length)
 
     # -- embeddings -------------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,8 @@
+"""`ray job submit ... -- python jobs/score.py --preset P --run NAME [--set quality.KEY=VALUE]`."""
+
+import sys
+
+from phi_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))

@@ -1,0 +1,121 @@
+"""Ray Data building blocks shared by the classify and score stages.
+
+The embedding pipeline is two operators so that CPUs and accelerators overlap:
+
+    read_parquet(id, content) -> tokenize (CPU tasks, fused with the read)
+                              -> embed / score (actor pool: concurrency x num_gpus)
+
+Only token ids cross to the actors, never the file text, and actors keep the model
+resident across batches. Ray Data fuses the tokenize tasks into the actors when their
+resources match (CPU-only scoring: one process does it all, no copies); with
+``num_gpus > 0`` they stay separate CPU tasks that run ahead of the accelerators. Each Ray Data batch (``quality.batch_rows`` rows) is sorted by
+length inside the embedder into forward batches of ``embedder.batch_size``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from phi_ray.config import EmbedderConfig, QualityConfig
+from phi_ray.runs import resolve_fs
+
+
+def list_parquet(dir_path: str, what: str) -> list[str]:
+    """Sorted ``*.parquet`` files under a stage output dir (local or URI)."""
+    fs, p = resolve_fs(dir_path)
+    from pyarrow.fs import FileSelector, FileType
+
+    info = fs.get_file_info(p)
+    if info.type == FileType.NotFound:
+        raise FileNotFoundError(f"{what}: {dir_path} does not exist")
+    entries = fs.get_file_info(FileSelector(p, recursive=False))
+    files = sorted(e.path for e in entries if e.path.endswith(".parquet") and e.size)
+    prefix = dir_path.split("://", 1)[0] + "://" if "://" in dir_path else ""
+    return [prefix + f for f in files]
+
+
+def parquet_rows(path: str) -> int:
+    fs, p = resolve_fs(path)
+    with fs.open_input_file(p) as f:
+        return pq.read_metadata(f).num_rows
+
+
+def check_columns(path: str, needed: tuple[str, ...], what: str) -> None:
+    """A clear error naming the file when an upstream file lacks a contract column."""
+    fs, p = resolve_fs(path)
+    with fs.open_input_file(p) as f:
+        have = set(pq.read_schema(f).names)
+    missing = [c for c in needed if c not in have]
+    if missing:
+        raise ValueError(f"{path}: {what} file lacks column(s) {missing}; has {sorted(have)}")
+
+
+def tokenize_batch(batch: pa.Table, embedder: EmbedderConfig) -> pa.Table:
+    """``content`` -> ``input_ids`` (head ``max_length`` tokens) and ``n_embedded``."""
+    from phi_ray.quality.embed import load_tokenizer, tokenize_head
+
+    tok = load_tokenizer(embedder.model)
+    ids = tokenize_head(tok, batch.column("content").to_pylist(), embedder.max_length)
+    out = batch.drop_columns(["content"])
+    out = out.append_column("input_ids", pa.array(ids, type=pa.list_(pa.int32())))
+    return out.append_column("n_embedded", pa.array([len(r) for r in ids], type=pa.int64()))
+
+
+def _device(num_gpus: float) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _set_threads(num_cpus: float) -> None:
+    import torch
+
+    # Ray caps OMP threads at the actor's CPUs; say so to torch explicitly.
+    torch.set_num_threads(max(1, round(num_cpus)))
+
+
+class EmbedActor:
+    """Actor-pool UDF: ``input_ids`` -> ``embedding`` (float32, ``(n, dim)``)."""
+
+    def __init__(self, embedder: EmbedderConfig, seed: int, num_gpus: float, num_cpus: float):
+        from phi_ray.quality.embed import Embedder
+
+        _set_threads(num_cpus)
+        self.embedder = Embedder(embedder, device=_device(num_gpus), seed=seed)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        X = self.embedder.embed_tokens(list(batch["input_ids"]))
+        return {"id": batch["id"], "embedding": X, "n_embedded": batch["n_embedded"]}
+
+
+class ScoreActor:
+    """Actor-pool UDF: ``input_ids`` -> ``quality`` (P(educational)) and ``kept``."""
+
+    def __init__(self, classifier_dir: str, num_gpus: float, num_cpus: float):
+        from phi_ray.quality.classifier import QualityClassifier
+
+        _set_threads(num_cpus)
+        self.clf = QualityClassifier.load(classifier_dir, device=_device(num_gpus))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        X = self.clf.embedder.embed_tokens(list(batch["input_ids"]))
+        probs, kept = self.clf.score_embeddings(X)
+        out = {k: v for k, v in batch.items() if k != "input_ids"}
+        return out | {"quality": probs, "kept": kept}
+
+
+def actor_args(q: QualityConfig) -> dict[str, Any]:
+    """``map_batches`` arguments for the embedding actor pool."""
+    from ray.data import ActorPoolStrategy
+
+    return {
+        "compute": ActorPoolStrategy(size=q.concurrency),
+        "num_gpus": q.num_gpus or None,
+        "num_cpus": q.num_cpus,
+        "batch_size": q.batch_rows,
+        "batch_format": "numpy",
+    }

@@ -1,0 +1,225 @@
+"""The score stage: every corpus file gets P(educational); the kept ones form ``filtered/``.
+
+Restartable at the output-file level. Corpus file ``i`` is input shard ``i``; its scores
+are written, once all its rows are scored, to ``.work/score/<hash>/shard-0000i.parquet``
+(temporary name, then rename), so a crash loses at most the shards in flight. A rerun
+skips finished shards and streams only the others through Ray Data:
+
+    read_parquet(id, content) -> tokenize (CPU tasks) -> ScoreActor pool -> driver
+
+The driver receives only (id, quality, kept) rows, in input order (``preserve_order``),
+so at most the shards in flight are buffered: memory is bounded by shard size, not by
+the corpus. When every shard is finished, one Ray task per shard joins it with its corpus
+file and writes ``scored/part-0000i.parquet`` (id, quality, kept) and
+``filtered/part-0000i.parquet`` (the corpus columns of kept rows + quality).
+
+Empty input: a corpus file with no rows gives empty parts (with the schema); a corpus
+with no files gives empty ``scored/`` and ``filtered/`` directories. Files longer than
+the embedder's ``max_length`` are scored on their first ``max_length`` tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from phi_ray.config import Config
+from phi_ray.quality import data
+from phi_ray.runs import RunDir, StageResult, resolve_fs
+from phi_ray.runtime import init_ray
+
+log = logging.getLogger(__name__)
+CORPUS_NEEDS = ("id", "content", "n_tokens")
+SCORE_SCHEMA = pa.schema([("id", pa.string()), ("quality", pa.float32()), ("kept", pa.bool_())])
+_SHARD_SCHEMA = SCORE_SCHEMA.append(pa.field("n_embedded", pa.int64()))
+
+
+def stage_hash(cfg: Config, run: RunDir) -> str:
+    return run.config_hash(cfg, ("quality",), upstream=("ingest", "classify"))
+
+
+def run(cfg: Config, run: RunDir) -> StageResult:
+    """Score the whole corpus with the trained classifier; see the module docstring."""
+    init_ray(cfg)
+    h = stage_hash(cfg, run)
+    with run.stage("score", h) as out:
+        if out.skipped:
+            return out.result
+        run.require("ingest", needed_by="score")
+        run.require("classify", needed_by="score")
+        files = data.list_parquet(run.path("ingest", "corpus"), "ingest corpus")
+        for f in files[:1]:
+            data.check_columns(f, CORPUS_NEEDS, "ingest corpus")
+        shards = f"{run.work_path('score')}/shards-{h}"
+        resolve_fs(shards)[0].create_dir(resolve_fs(shards)[1], recursive=True)
+        stats = score_shards(cfg, files, run.path("classify", "classifier"), shards)
+        counts = assemble(files, shards, out.tmp)
+        counts |= stats
+        counts["dropped"] = {"low_quality": counts["rows_in"] - counts["rows_out"]}
+        result = out.finish(counts=counts, shards_dir=shards)
+    fs, p = resolve_fs(shards)
+    fs.delete_dir(p)  # the stage is committed; its scratch is no longer needed
+    return result
+
+
+def shard_path(shards_dir: str, i: int) -> str:
+    return f"{shards_dir}/shard-{i:05d}.parquet"
+
+
+def _exists(path: str) -> bool:
+    fs, p = resolve_fs(path)
+    return fs.get_file_info(p).type.name == "File"
+
+
+def write_atomic(table: pa.Table, path: str) -> None:
+    """Write a Parquet file under a temporary name, then rename (objects stores: one put)."""
+    fs, p = resolve_fs(path)
+    if "://" in path:
+        pq.write_table(table, p, filesystem=fs)
+        return
+    tmp = f"{os.path.dirname(p)}/.{os.path.basename(p)}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, p)
+
+
+def score_shards(cfg: Config, files: list[str], clf_dir: str, shards_dir: str) -> dict[str, Any]:
+    """Score every corpus file lacking a finished shard; returns this pass's counts."""
+    expected = [data.parquet_rows(f) for f in files]
+    done = [i for i in range(len(files)) if _exists(shard_path(shards_dir, i))]
+    pending = [i for i in range(len(files)) if i not in set(done)]
+    for i in [i for i in pending if expected[i] == 0]:
+        write_atomic(_SHARD_SCHEMA.empty_table(), shard_path(shards_dir, i))
+    pending = [i for i in pending if expected[i] > 0]
+    stats = {"shards_total": len(files), "shards_reused": len(done), "shards_scored": 0}
+    stats |= {"rows_scored": 0, "tokens_embedded": 0, "score_seconds": 0.0}
+    if not pending:
+        return stats
+    if done:
+        log.info("score: %d of %d shards already finished; resuming", len(done), len(files))
+    t0 = time.perf_counter()
+    ds = _pipeline(cfg, [files[i] for i in pending], clf_dir)
+    by_name = {files[i]: i for i in pending}
+    buffers: dict[int, list[pa.Table]] = defaultdict(list)
+    got: dict[int, int] = defaultdict(int)
+    bar = tqdm(total=sum(expected[i] for i in pending), desc="score", unit="file")
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for name in pc.unique(batch["file"]).to_pylist():
+            i = by_name[name]
+            part = batch.filter(pc.equal(batch["file"], name)).select(_SHARD_SCHEMA.names)
+            buffers[i].append(part.cast(_SHARD_SCHEMA))
+            got[i] += part.num_rows
+            if got[i] > expected[i]:
+                raise RuntimeError(f"score: {files[i]} gave {got[i]} rows, expected {expected[i]}")
+            if got[i] == expected[i]:
+                shard = pa.concat_tables(buffers.pop(i))
+                write_atomic(shard, shard_path(shards_dir, i))
+                stats["shards_scored"] += 1
+                stats["tokens_embedded"] += int(pc.sum(shard["n_embedded"]).as_py() or 0)
+            bar.update(part.num_rows)
+    bar.close()
+    short = [files[i] for i in pending if got[i] != expected[i]]
+    if short:
+        raise RuntimeError(f"score: rows missing from the scoring pass for {short[:5]}")
+    stats["rows_scored"] = sum(expected[i] for i in pending)
+    stats["score_seconds"] = round(time.perf_counter() - t0, 3)
+    return stats
+
+
+def _read_files(batch: dict[str, Any], rows: int) -> Iterator[pa.Table]:
+    """One corpus file per call -> its (file, id, content) rows, ``rows`` at a time."""
+    for path in batch["file"]:
+        fs, p = resolve_fs(str(path))
+        with fs.open_input_file(p) as f:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=["id", "content"]):
+                t = pa.Table.from_batches([rb])
+                yield t.append_column("file", pa.array([str(path)] * t.num_rows, pa.string()))
+
+
+def _pipeline(cfg: Config, files: list[str], clf_dir: str) -> Any:
+    """files -> read -> tokenize (CPU tasks) -> ScoreActor pool -> (file, id, quality, kept)."""
+    import ray
+
+    q = cfg.quality
+    # One block per corpus file (read_parquet would pack small files into one task), so
+    # a file's scores reach the driver as soon as that file is done.
+    ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+    # Rows must reach the driver in file order so that shards finish one after another.
+    ds.context.execution_options.preserve_order = True
+    ds = ds.map_batches(
+        _read_files, fn_kwargs={"rows": q.batch_rows}, batch_size=1, batch_format="numpy"
+    )
+    ds = ds.map_batches(
+        data.tokenize_batch,
+        fn_kwargs={"embedder": q.embedder},
+        batch_format="pyarrow",
+        batch_size=q.batch_rows,
+    )
+    return ds.map_batches(
+        data.ScoreActor,
+        fn_constructor_kwargs={
+            "classifier_dir": clf_dir,
+            "num_gpus": q.num_gpus,
+            "num_cpus": q.num_cpus,
+        },
+        **data.actor_args(q),
+    )
+
+
+def assemble(files: list[str], shards_dir: str, out_dir: str) -> dict[str, Any]:
+    """Join each finished shard with its corpus file into ``scored/`` and ``filtered/``."""
+    import ray
+
+    for sub in ("scored", "filtered"):
+        fs, p = resolve_fs(f"{out_dir}/{sub}")
+        fs.create_dir(p, recursive=True)
+    task = ray.remote(num_cpus=1)(_assemble_one)
+    refs = [
+        task.remote(f, shard_path(shards_dir, i), f"{out_dir}/scored/part-{i:05d}.parquet",
+                    f"{out_dir}/filtered/part-{i:05d}.parquet")
+        for i, f in enumerate(files)
+    ]  # fmt: skip
+    totals: dict[str, Any] = defaultdict(int)
+    totals["files_in"] = len(files)
+    for ref in tqdm(refs, desc="assemble", unit="shard", disable=len(refs) < 2):
+        for k, v in ray.get(ref).items():
+            totals[k] += v
+    totals["keep_rate"] = (
+        round(totals["rows_out"] / totals["rows_in"], 6) if totals["rows_in"] else 0.0
+    )
+    return dict(totals)
+
+
+def _assemble_one(corpus_file: str, shard_file: str, scored: str, filtered: str) -> dict[str, int]:
+    fs, p = resolve_fs(corpus_file)
+    corpus = pq.read_table(p, filesystem=fs)
+    sfs, sp = resolve_fs(shard_file)
+    scores = pq.read_table(sp, filesystem=sfs).select(SCORE_SCHEMA.names)
+    id_type = corpus.schema.field("id").type  # string or large_string: join keys must match
+    scores = scores.set_column(0, "id", scores["id"].cast(id_type))
+    # Join on id, then restore the corpus's row order (Arrow joins do not keep it).
+    corpus = corpus.append_column("_row", pa.array(range(corpus.num_rows), type=pa.int64()))
+    joined = corpus.join(scores, "id", join_type="inner").sort_by("_row").drop_columns(["_row"])
+    if not (joined.num_rows == corpus.num_rows == scores.num_rows):
+        raise RuntimeError(
+            f"score: {shard_file} has {scores.num_rows} scores for {corpus.num_rows} rows of "
+            f"{corpus_file} ({joined.num_rows} matched); delete it and rerun"
+        )
+    kept = joined.filter(joined["kept"])
+    write_atomic(joined.select(SCORE_SCHEMA.names), scored)
+    write_atomic(kept.drop_columns(["kept"]), filtered)
+    return {
+        "rows_in": corpus.num_rows,
+        "tokens_in": int(pc.sum(corpus["n_tokens"]).as_py() or 0),
+        "rows_out": kept.num_rows,
+        "tokens_out": int(pc.sum(kept["n_tokens"]).as_py() or 0),
+    }
