@@ -10,19 +10,18 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import tempfile
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import openai
 from tqdm.auto import tqdm
 
-from phi_ray.llm.budget import cost_usd, find_price
+from phi_ray.llm.budget import find_price
 from phi_ray.llm.cache import CachedAnswer, ResponseCache
 from phi_ray.llm.limiter import make_limiter
+from phi_ray.llm.transport import PENDING, Transport
 from phi_ray.llm.types import (
     REPAIR_PROMPT,
     BatchResult,
@@ -34,30 +33,6 @@ from phi_ray.llm.types import (
 )
 
 log = logging.getLogger("phi_ray.llm")
-
-_PENDING = object()  # a budget refused the call: not failed, just not done
-_FATAL = (401, 403, 404)  # wrong key / model / URL: every call would fail the same way
-_RETRY_STATUS = (408, 409, 429)  # plus every 5xx
-_BAD_RESPONSE = (
-    ValueError,
-    KeyError,
-    TypeError,
-    AttributeError,
-    IndexError,
-    openai.APIResponseValidationError,
-)
-
-
-def _retry_after(e: openai.APIStatusError, cap: float) -> float | None:
-    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``), at most
-    ``cap`` (a misconfigured proxy must not park a stage for hours; attempts stay bounded)."""
-    headers = e.response.headers
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        with contextlib.suppress(TypeError, ValueError):
-            v = float(headers.get(name))
-            if v >= 0:
-                return min(v * scale, cap)
-    return None
 
 
 class LLMClient:
@@ -112,16 +87,15 @@ class LLMClient:
         self._attach = attach
         self.limiter = make_limiter(self.scope, owner=not attach, use_ray=use_ray)
         self._configured = False
-        self._key = os.environ.get(cfg.api_key_env)
-        if not self._key:
+        api_key = os.environ.get(cfg.api_key_env)
+        if not api_key:
             log.info(
                 "%s is not set; sending no real API key (fine for local servers)", cfg.api_key_env
             )
-        self._clients: dict[int, openai.AsyncOpenAI] = {}
-        self._inflight: dict[str, asyncio.Future] = {}
-        self._stop: str | None = None
-        self._bg: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
         self.stats: Counter[str] = Counter()
+        self._t = Transport(cfg, self.cache, self.limiter, self.stats, api_key)
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._bg: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> LLMClient:
@@ -134,29 +108,14 @@ class LLMClient:
         """Close HTTP clients, stop the helper loop, release the limiter (owner: kill it)."""
         if self._bg is not None:
             loop, thread = self._bg
-            for c in self._clients.values():
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(c.close(), loop).result(timeout=10)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._t.aclose(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
             self._bg = None
-        self._clients.clear()
         self.limiter.close()
         if self.cache is not None:
             self.cache.close()
-
-    def _openai(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(id(loop))
-        if client is None:
-            client = openai.AsyncOpenAI(
-                base_url=self.cfg.base_url,
-                api_key=self._key or "not-needed",
-                timeout=self.cfg.timeout_s,
-                max_retries=0,  # retries are ours: budget- and limiter-aware
-            )
-            self._clients[id(loop)] = client
-        return client
 
     async def _ensure_configured(self) -> None:
         if self._configured:
@@ -199,7 +158,7 @@ class LLMClient:
     ) -> BatchResult:
         """Answer many requests concurrently; see :mod:`phi_ray.llm` for the semantics."""
         await self._ensure_configured()
-        self._stop = None
+        self._t.stop = None
         before = Counter(self.stats)
         queue = list(enumerate(requests))
         queue.reverse()
@@ -228,7 +187,7 @@ class LLMClient:
         return self._batch(requests, slots, before)
 
     def _batch(self, requests, slots, before: Counter) -> BatchResult:
-        out = BatchResult(budget_message=self._stop)
+        out = BatchResult(budget_message=self._t.stop)
         for req, s in zip(requests, slots, strict=True):
             if isinstance(s, Result):
                 out.results.append(s)
@@ -278,7 +237,7 @@ class LLMClient:
         cur, error = req, ""
         for rnd in range(1 + self.cfg.repair_attempts):
             got = await self._fetch(cur, model, params, acc)
-            if got is _PENDING:
+            if got is PENDING:
                 self.stats["pending"] += 1
                 return None
             if isinstance(got, Failure):
@@ -336,7 +295,7 @@ class LLMClient:
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            got = await self._call(req, model, params, key, acc)
+            got = await self._t.call(req, model, params, key, acc)
         finally:
             self._inflight.pop(key, None)
             fut.set_result(None)
@@ -346,107 +305,3 @@ class LLMClient:
             acc.completion_tokens += got.completion_tokens
             acc.cost_usd += got.cost_usd
         return got
-
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with "equal jitter": at least half the step, so herds spread out
-        # without collapsing to zero wait.
-        step = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))
-        return step / 2 + random.uniform(0, step / 2)
-
-    async def _call(self, req: Request, model: str, params: dict, key: str, acc: Result):
-        n = int(params.get("n", 1) or 1)
-        est_out = int(params.get("max_tokens") or self.cfg.max_tokens) * n
-        est_in = req.estimate_prompt_tokens()
-        est = (est_in + est_out, cost_usd(model, est_in, est_out, self.cfg.prices))
-        last = "no attempt made"
-        for attempt in range(1, self.cfg.max_attempts + 1):
-            if self._stop:
-                return _PENDING
-            lease, why = await self.limiter.acquire(*est)
-            if lease is None:
-                self._stop = self._stop or why
-                return _PENDING
-            paid, delay = (0, 0.0), None
-            self.stats["attempts"] += 1
-            acc.attempts += 1
-            try:
-                ans = await self._send(req, model, params)
-                if self.cache is not None:
-                    self.cache.put(key, ans)  # committed before anyone parses it
-                paid = (ans.prompt_tokens + ans.completion_tokens, ans.cost_usd)
-                self.stats.update(
-                    api_calls=1,
-                    prompt_tokens=ans.prompt_tokens,
-                    completion_tokens=ans.completion_tokens,
-                    cost_usd=ans.cost_usd,
-                )
-                return ans
-            except openai.APIStatusError as e:
-                code = e.status_code
-                if code in _FATAL:
-                    raise LLMError(
-                        f"{self.cfg.base_url} answered {code} for model {model!r}: {e.message}. "
-                        f"Check llm.base_url, llm.model and the key in ${self.cfg.api_key_env}."
-                    ) from None
-                if code not in _RETRY_STATUS and code < 500:
-                    return Failure(req.id, f"http_{code}", str(e.message)[:500], None, req.meta)
-                last = f"http {code}: {e.message}"
-                self.stats["retry_429" if code == 429 else "retry_http"] += 1
-                cap = max(60.0, self.cfg.backoff_max_s)
-                delay = _retry_after(e, cap) if code == 429 else None
-            except openai.APITimeoutError:
-                last = f"timeout after {self.cfg.timeout_s}s"
-                self.stats["retry_timeout"] += 1
-            except openai.APIConnectionError as e:
-                last = f"connection error: {e}"
-                self.stats["retry_connection"] += 1
-            except _BAD_RESPONSE as e:
-                last = f"unusable response: {type(e).__name__}: {e}"
-                self.stats["retry_bad_response"] += 1
-            finally:
-                await self.limiter.release(lease, *paid)
-            if attempt < self.cfg.max_attempts:
-                self.stats["retries"] += 1
-                wait = (
-                    self._backoff(attempt)
-                    if delay is None
-                    else delay + random.uniform(0, delay * 0.1)
-                )
-                log.debug(
-                    "request %s attempt %d failed (%s); retrying in %.3fs",
-                    req.id,
-                    attempt,
-                    last,
-                    wait,
-                )
-                await asyncio.sleep(wait)
-        return Failure(
-            req.id,
-            "retries_exhausted",
-            f"{self.cfg.max_attempts} attempts; last: {last}",
-            None,
-            req.meta,
-        )
-
-    async def _send(self, req: Request, model: str, params: dict) -> CachedAnswer:
-        # The low-level post with a plain dict answer: the typed ``create`` methods spend
-        # ~3x more CPU per call validating and building pydantic models we do not need.
-        if req.kind == "chat":
-            path, body = "/chat/completions", {"model": model, "messages": req.messages}
-        else:
-            path, body = "/completions", {"model": model, "prompt": req.prompt}
-        resp = await self._openai().post(path, body={**body, **params}, cast_to=dict)
-        choices = resp["choices"]
-        if not choices:
-            raise ValueError("no choices in the answer")
-        if req.kind == "chat":
-            texts = [c["message"].get("content") or "" for c in choices]
-        else:
-            texts = [c.get("text") or "" for c in choices]
-        usage = resp.get("usage")
-        if usage:
-            pt, ct = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
-        else:  # some servers omit usage: count our conservative estimate
-            pt, ct = req.estimate_prompt_tokens(), sum(len(t) // 3 + 1 for t in texts)
-        model_used = resp.get("model") or model
-        return CachedAnswer(texts, model_used, pt, ct, cost_usd(model, pt, ct, self.cfg.prices))
