@@ -13,10 +13,12 @@ directory or hub id), else the run's ``finetune/model/``, else ``pretrain/model/
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from phi_ray.config import Config
@@ -118,8 +120,6 @@ def _problems(spec: str, kind: str, cfg: Config, where: str) -> list[Problem]:
     if kind != "samples":
         return load_benchmark(spec, cfg.evaluate)
     # Executing a given file: every problem it has samples for, whatever evaluate.limit says.
-    import dataclasses
-
     probs = load_benchmark(spec, dataclasses.replace(cfg.evaluate, limit=None))
     ids = {s["task_id"] for s in read_samples(where)}
     return [p for p in probs if p.task_id in ids]
@@ -138,42 +138,44 @@ def run(cfg: Config, run: RunDir) -> StageResult:
             return out.result
         split = _split(run)
         summaries: dict[str, Any] = {}
-        counts: dict[str, int] = {}
         seen: set[str] = set()
         with sandbox_from_config(e) as sandbox:
             for spec in [*e.benchmarks, *e.extra_problems]:
                 name = benchmark_name(spec)
                 problems = _problems(spec, kind, cfg, where)
+                t0 = time.perf_counter()
                 samples = _samples(kind, where, name, problems, cfg, run, h) if problems else []
+                gen_s = time.perf_counter() - t0
                 seen |= {s["task_id"] for s in samples}
                 if not samples:
                     summaries[name] = {"skipped": "no samples for this benchmark"}
                     continue
+                bsplit = split if name == "humaneval" else None
                 summaries[name] = _evaluate_one(
-                    cfg,
-                    run,
-                    out.tmp,
-                    name,
-                    problems,
-                    samples,
-                    split if name == "humaneval" else None,
-                    sandbox,
+                    cfg, run, out.tmp, name, problems, samples, bsplit, sandbox
                 )
-                counts[f"{name}_samples"] = summaries[name]["samples"]
-                counts[f"{name}_passed"] = summaries[name]["passed"]
+                summaries[name]["gen_wall_s"] = round(gen_s, 3) if kind != "samples" else None
             isolation = sandbox.iso.mode
         if kind == "samples":
-            unmatched = sorted({s["task_id"] for s in read_samples(where)} - seen)
-            if unmatched:
-                raise ProblemError(
-                    f"{where}: {len(unmatched)} task id(s) belong to no configured benchmark "
-                    f"(evaluate.benchmarks={e.benchmarks}), e.g. {unmatched[:3]}"
-                )
+            _check_all_matched(where, seen, e.benchmarks)
+        counts = {}
+        for name, sm in summaries.items():
+            if "samples" in sm:
+                counts[f"{name}_samples"], counts[f"{name}_passed"] = sm["samples"], sm["passed"]
         return out.finish(
             counts=counts,
             benchmarks=summaries,
             source={"kind": kind, "where": where},
             isolation=isolation,
+        )
+
+
+def _check_all_matched(where: str, seen: set[str], benchmarks: list[str]) -> None:
+    unmatched = sorted({s["task_id"] for s in read_samples(where)} - seen)
+    if unmatched:
+        raise ProblemError(
+            f"{where}: {len(unmatched)} task id(s) belong to no configured benchmark "
+            f"(evaluate.benchmarks={benchmarks}), e.g. {unmatched[:3]}"
         )
 
 
@@ -187,6 +189,7 @@ def _evaluate_one(
     split: dict[str, list[str]] | None,
     sandbox: Any,
 ) -> dict[str, Any]:
+    """Execute, summarise (and grade) one benchmark; write its three files."""
     e = cfg.evaluate
     rows, wall = execute_samples(problems, samples, sandbox)
     ks = [k for k in e.ks if all(n >= k for n in _n_per_task(rows).values())] or [1]
