@@ -8,24 +8,26 @@ Rubric ``heuristic-v1`` (points add up, then the total is clamped to [0, 5] and 
 ======================  ======  ==============================================================
 criterion               points  how
 ======================  ======  ==============================================================
-documentation           0–1.5   0.3 for a module docstring + 1.2 × share of functions/classes
-                                with a docstring
+documentation           0–1.75  0.35 for a module docstring + 1.4 × share of functions /
+                                classes with a docstring
 descriptive names       0–0.75  0.75 × share of function / argument names that are words
                                 (>= 3 letters, not ``x1``-style), ``self``/``cls`` ignored
 comments                0–0.5   comment lines per code line: full marks from 0.08 to 0.5,
                                 linear below, fading above (commented-out walls of text)
 logic                   0–1.25  0.5 for defining functions or classes + 0.75 × density of
                                 control flow (if / for / while / try / comprehensions)
-self-contained          0–1.0   1.0, minus 0.5 for relative imports (``from . import``,
-                                local package internals), minus 0.1 per non-stdlib module
-                                (at most 0.3)
+self-contained          0–0.5   0.5, minus 0.25 for relative imports (``from . import``,
+                                local package internals), minus 0.05 per non-stdlib module
+                                (at most 0.15)
 boilerplate             -2–0    minus 2 × share of statements that are plain assignments in
                                 runs of >= 6 (attribute / constant / config blocks), minus up to
                                 1 for big literal data (lists / dicts of constants)
 size                    -1–0    -1 under 4 code lines; -0.5 over 1,500 (too long to study)
 ======================  ======  ==============================================================
 
-Files that do not parse score 0. Everything is computed from the text alone.
+The maximum is 4.75: a 5 needs (nearly) full marks everywhere. On the standard library
+(good code, mostly) about two thirds of files score >= 3. Files that do not parse score 0.
+Everything is computed from the text alone.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def judge(code: str) -> Judgement:
     has_mod_doc = ast.get_docstring(tree) is not None
     documented = sum(ast.get_docstring(d) is not None for d in defs)
     doc_share = documented / len(defs) if defs else 0.0
-    pts = 0.3 * has_mod_doc + 1.2 * doc_share
+    pts = 0.35 * has_mod_doc + 1.4 * doc_share
     notes.append(
         f"docstrings on {documented}/{len(defs)} defs" + (", module doc" if has_mod_doc else "")
     )
@@ -167,7 +169,7 @@ def judge(code: str) -> Judgement:
     notes.append(f"control flow {control}")
 
     relative, third = _imports(nodes)
-    pts += 1.0 - 0.5 * bool(relative) - min(0.3, 0.1 * third)
+    pts += 0.5 - 0.25 * bool(relative) - min(0.15, 0.05 * third)
     if relative or third:
         notes.append(f"{relative} relative imports, {third} non-stdlib modules")
 
