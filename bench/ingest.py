@@ -1,0 +1,257 @@
+"""Benchmark the ingest stage against a plain single-process loop doing the same work.
+
+    python bench/ingest.py [--files 600] [--scale 5] [--cpus 2]
+
+Builds a corpus of ``--files`` files from the standard library (every 10th one also copied
+verbatim, every 7th also as an edited fork, so both dedup steps have work), then times:
+
+* baseline: one Python process, a plain loop over the same files calling the same library
+  functions (read, checks, prefilters, sha256, token counts, MinHash), exact dedup with a
+  dict, LSH buckets in a dict, the same connected components, Parquet output;
+* phi-ray: the ingest stage (``phi_ray.corpus.stage.run``) on a local Ray cluster with
+  ``--cpus`` CPUs, started before the clock (a cluster outlives one stage).
+
+Then the stage again on a corpus ``--scale`` times larger, to show that peak memory does
+not grow with the corpus: peak RSS of the driver and of the whole Ray node (driver,
+raylet, GCS, workers; sampled every 0.1 s) for both sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the baseline gets one core too
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def build_corpus(dst: Path, n_files: int, variant: int = 0) -> int:
+    """``n_files`` stdlib files (+ planted duplicates); ``variant`` makes a disjoint copy."""
+    from phi_ray.config import SourceConfig
+    from phi_ray.corpus.readers import _list
+
+    files = _list(SourceConfig(kind="stdlib", max_files=n_files), "bench", (".py",))
+    dst.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for i, (p, _) in enumerate(files):
+        try:
+            text = Path(p).read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if variant:  # a different file to every shingle: no cross-copy dedup
+            text = "\n".join(
+                f"{ln}  # v{variant}" if ln.strip() else ln for ln in text.splitlines()
+            )
+        (dst / f"f{i:05d}_{variant}.py").write_text(text)
+        n += 1
+        if i % 10 == 0:
+            (dst / f"f{i:05d}_{variant}_copy.py").write_text(text)
+            n += 1
+        if i % 7 == 0:
+            lines = text.splitlines()
+            lines[::40] = [ln + "  # fork" for ln in lines[::40]]
+            (dst / f"f{i:05d}_{variant}_fork.py").write_text("\n".join(lines))
+            n += 1
+    return n
+
+
+class PeakRSS:
+    """Peak RSS of this process and of it plus all its descendants (the Ray node)."""
+
+    def __init__(self) -> None:
+        self.driver = self.node = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                d = me.memory_info().rss
+                total = d + sum(_rss(c) for c in me.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.driver, self.node = max(self.driver, d), max(self.node, total)
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> PeakRSS:
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return p.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def baseline(src: Path, out: Path, cfg) -> dict:
+    """The same per-file work and dedup in one process, the plain way."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from phi_ray.config import SourceConfig
+    from phi_ray.corpus import dedup
+    from phi_ray.corpus.minhash import lsh_params
+    from phi_ray.corpus.process import CORPUS_COLUMNS, process_batch
+    from phi_ray.corpus.readers import _list, read_file_batch
+
+    c = cfg.corpus
+    bands, rows = lsh_params(c.dedup.threshold, c.dedup.num_perm)
+    files = _list(SourceConfig(kind="local_dir", path=str(src)), "bench", (".py",))
+    docs = []
+    for i in range(0, len(files), c.batch_size):
+        items = [
+            {"file": p, "size": s, "rel": p, "repo": "bench"}
+            for p, s in files[i : i + c.batch_size]
+        ]
+        raw = read_file_batch(pa.Table.from_pylist(items), c.filters.max_bytes, "unknown", "local")
+        docs.append(process_batch(raw, c.filters, c.dedup, bands, rows, True))
+    table = pa.concat_tables(docs)
+    kept = table.filter(pc.equal(table["drop"], ""))
+    seen: dict[str, int] = {}
+    for j, (i, path) in enumerate(
+        zip(kept["id"].to_pylist(), kept["path"].to_pylist(), strict=True)
+    ):
+        if i not in seen or path < kept["path"][seen[i]].as_py():
+            seen[i] = j
+    exact = kept.take(sorted(seen.values()))
+    buckets: dict[int, list[int]] = {}
+    for uid, keys in zip(exact["uid"].to_pylist(), exact["bands"].to_pylist(), strict=True):
+        for k in keys:
+            buckets.setdefault(k, []).append(uid)
+    src_e, dst_e = [], []
+    for members in buckets.values():
+        head = min(members)
+        src_e += [head] * (len(members) - 1)
+        dst_e += [m for m in members if m != head]
+    removed = dedup.duplicates_to_remove(np.array(src_e, np.uint64), np.array(dst_e, np.uint64))
+    final = dedup.drop_uids(exact, removed, CORPUS_COLUMNS)
+    out.mkdir(parents=True)
+    for k in range(0, final.num_rows, c.rows_per_file):
+        pq.write_table(final.slice(k, c.rows_per_file), out / f"part-{k:06d}.parquet")
+    return {
+        "files_out": final.num_rows,
+        "removed_exact": kept.num_rows - exact.num_rows,
+        "removed_near": len(removed),
+    }
+
+
+def run_stage(src: Path, runs: Path, name: str):
+    from phi_ray.config import load_config
+    from phi_ray.corpus.stage import run
+    from phi_ray.runs import RunDir
+
+    cfg = load_config(
+        "tiny",
+        [
+            f"run.root={runs}",
+            f"run.name={name}",
+            f"corpus.sources=[{{kind: local_dir, path: {src}}}]",
+        ],
+    )
+    return run(cfg, RunDir.from_config(cfg))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=500, help="stdlib files in the 1x corpus")
+    ap.add_argument("--scale", type=int, default=5, help="size of the larger corpus, x")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    args = ap.parse_args()
+
+    import ray
+
+    from phi_ray.config import load_config
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        small = tmp / "corpus-1x"
+        n_small = build_corpus(small, args.files)
+        big = tmp / f"corpus-{args.scale}x"
+        n_big = sum(build_corpus(big, args.files, v) for v in range(args.scale))
+        mb = sum(p.stat().st_size for p in small.iterdir()) / 1e6
+        mb_big = sum(p.stat().st_size for p in big.iterdir()) / 1e6
+        print(
+            f"corpus 1x: {n_small} files, {mb:.1f} MB; {args.scale}x: {n_big} files, {mb_big:.1f} MB"
+        )
+
+        cfg = load_config("tiny")
+        with PeakRSS() as base_mem:
+            t0 = time.perf_counter()
+            b = baseline(small, tmp / "baseline-out", cfg)
+            t_base = time.perf_counter() - t0
+
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        )
+        with PeakRSS() as mem1:
+            t0 = time.perf_counter()
+            r1 = run_stage(small, tmp / "runs", "x1")
+            t_ray = time.perf_counter() - t0
+        with PeakRSS() as mem5:
+            t0 = time.perf_counter()
+            r5 = run_stage(big, tmp / "runs", f"x{args.scale}")
+            t_ray5 = time.perf_counter() - t0
+        ray.shutdown()
+
+        c1 = r1.counts
+        assert (c1["files_out"], c1["removed_exact"], c1["removed_near"]) == (
+            b["files_out"],
+            b["removed_exact"],
+            b["removed_near"],
+        ), (c1, b)
+        print("\n== throughput, same files, same work (1x corpus) ==")
+        print(
+            f"baseline (1 process loop): {t_base:7.2f} s  {n_small / t_base:7.1f} files/s  {mb / t_base:6.2f} MB/s"
+        )
+        print(
+            f"phi-ray ingest ({args.cpus} CPUs):   {t_ray:7.2f} s  {n_small / t_ray:7.1f} files/s  {mb / t_ray:6.2f} MB/s"
+        )
+        print(f"speed-up: {t_base / t_ray:.2f}x  (target >= 1.5x on 2 cores)")
+        print(
+            f"kept {c1['files_out']}, exact dups {c1['removed_exact']}, near dups {c1['removed_near']}, "
+            f"drops {sum(c1['drops'].values())}; pass seconds {r1.success['pass_seconds']}"
+        )
+        print(f"\n== memory: 1x vs {args.scale}x corpus (phi-ray) ==")
+        print(
+            f"{args.scale}x: {t_ray5:.2f} s, {n_big / t_ray5:.1f} files/s, {mb_big / t_ray5:.2f} MB/s; "
+            f"kept {r5.counts['files_out']}, exact dups {r5.counts['removed_exact']}, "
+            f"near dups {r5.counts['removed_near']}"
+        )
+        mib = 1 << 20
+        print(
+            f"driver peak RSS:    1x {mem1.driver / mib:7.1f} MiB   {args.scale}x {mem5.driver / mib:7.1f} MiB  "
+            f"ratio {mem5.driver / mem1.driver:.2f}"
+        )
+        print(
+            f"Ray node peak RSS:  1x {mem1.node / mib:7.1f} MiB   {args.scale}x {mem5.node / mib:7.1f} MiB  "
+            f"ratio {mem5.node / mem1.node:.2f}"
+        )
+        print(f"baseline peak RSS (1x, holds the corpus): {base_mem.driver / mib:.1f} MiB")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

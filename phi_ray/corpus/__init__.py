@@ -1,0 +1,11 @@
+"""The corpus (ingest) stage: raw code sources -> a filtered, deduplicated Parquet corpus.
+
+Laid out as the pipeline reads (datatrove style): :mod:`readers` (The Stack Parquet, the
+hub, StackOverflow records, ``.py`` trees) -> :mod:`process` (checks and prefilters of
+:mod:`filters`, ids, token counts, :mod:`minhash` band keys) -> :mod:`dedup` (exact and
+near, distributed) -> :mod:`stage` (``run``: passes, counts, atomic output).
+"""
+
+from phi_ray.corpus.readers import CorpusError
+
+__all__ = ["CorpusError"]
