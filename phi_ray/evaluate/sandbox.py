@@ -9,7 +9,7 @@ guarded by Python monkeypatches it calls "NOT a security sandbox". Here:
   **mount namespace** with a private ``/proc`` (host processes, their command lines and
   environments are invisible). Its environment is an allow-list: no API keys.
 * **Each program runs in its own forked process**, in a new session, in a fresh temp dir
-  (cwd, HOME, TMPDIR), as an **unprivileged uid of its own slot** (``uid_base + slot``;
+  (cwd, HOME, TMPDIR), as an **unprivileged uid of its own slot** (``uid_base + 256 * (pid mod 2^20) + slot``;
   root ignores RLIMIT_NPROC, so dropping root is the real fork-bomb defence), with
   RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE and RLIMIT_CORE=0 set before any of its
   code runs, stdio on ``/dev/null``.
@@ -300,7 +300,7 @@ class Sandbox:
         isolation: Isolation | None = None,
     ) -> None:
         self.limits = limits or Limits()
-        self.parallel = parallel or os.cpu_count() or 1
+        self.parallel = min(parallel or os.cpu_count() or 1, 256)  # 256 uids per process
         self.iso = isolation or probe_isolation(uid_base)
         self.uid_base = uid_base
         # 0711: slot uids may enter their own subdirectory but not list the others.
@@ -308,8 +308,12 @@ class Sandbox:
         os.chmod(self.base, 0o711)
         self._slots: queue.Queue[_Server] = queue.Queue()
         self._servers = []
+        # Uids differ per evaluating process too, so two evaluations on one host never
+        # share an RLIMIT_NPROC quota (uid_base + 256 * (pid mod 2^20) + slot).
+        first = uid_base + 256 * (os.getpid() % (1 << 20))
+        self.uids = [first + i for i in range(self.parallel)] if self.iso.drop_uid else []
         for i in range(self.parallel):
-            uid = uid_base + i if self.iso.drop_uid else None
+            uid = self.uids[i] if self.iso.drop_uid else None
             self._servers.append(_Server(self.iso, uid, self.base))
             self._slots.put(self._servers[-1])
 

