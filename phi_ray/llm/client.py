@@ -87,6 +87,7 @@ class LLMClient:
         self._attach = attach
         self.limiter = make_limiter(self.scope, owner=not attach, use_ray=use_ray)
         self._configured = False
+        self._config_lock: asyncio.Lock | None = None
         api_key = os.environ.get(cfg.api_key_env)
         if not api_key:
             log.info(
@@ -120,17 +121,23 @@ class LLMClient:
     async def _ensure_configured(self) -> None:
         if self._configured:
             return
-        spent = self.cache.totals()[:2] if self.cache else (0, 0.0)
-        ttl = self.cfg.timeout_s * 1.5 + 30.0
-        await self.limiter.configure(
-            self.cfg.max_concurrency,
-            ttl,
-            self.cfg.budget_tokens,
-            self.cfg.budget_usd,
-            spent,
-            not self._attach,
-        )
-        self._configured = True
+        if self._config_lock is None:
+            self._config_lock = asyncio.Lock()
+        async with self._config_lock:  # concurrent first calls must not reset it twice
+            if self._configured:
+                return
+            # The budget counts what this cache has paid for in earlier runs too.
+            spent = self.cache.totals()[:2] if self.cache else (0, 0.0)
+            ttl = self.cfg.timeout_s * 1.5 + 30.0
+            await self.limiter.configure(
+                self.cfg.max_concurrency,
+                ttl,
+                self.cfg.budget_tokens,
+                self.cfg.budget_usd,
+                spent,
+                not self._attach,
+            )
+            self._configured = True
 
     # -- public API ---------------------------------------------------------------------
     def run_batch(
