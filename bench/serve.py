@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--baseline-requests", type=int, default=24)
     ap.add_argument("--latency-requests", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (= replica num_cpus)")
+    ap.add_argument("--batch-wait", type=float, default=0.01, help="serve.batch_wait_timeout_s")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import ray
@@ -124,13 +125,19 @@ def main() -> None:
         max_batch_size=args.concurrency,
         num_cpus=args.threads,
         max_tokens_limit=max(1024, args.max_tokens),
+        batch_wait_timeout_s=args.batch_wait,
     )
     serve.run(build_app(scfg, model_dir), name="bench", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
         served(url, prompts[: args.concurrency], 4, args.concurrency)  # warm-up
+        model = serve.get_deployment_handle("CompletionModel", app_name="bench")
+        before = model.status.remote().result()
         tps, _ = served(url, prompts[: args.requests], args.max_tokens, args.concurrency)
+        after = model.status.remote().result()
+        n_batches = max(1, after["batches"] - before["batches"])
+        batch = (after["sequences"] - before["sequences"]) / n_batches
         _, lat1 = served(url, prompts[: args.latency_requests], args.max_tokens, 1)
     finally:
         serve.shutdown()
@@ -146,6 +153,7 @@ def main() -> None:
         f"{f'throughput, tokens/s (c={args.concurrency} vs sequential)':42}"
         f"{tps:12.1f}{base_tps:12.1f}{tps / base_tps:7.2f}x   (target >= 3x)"
     )
+    print(f"{'  mean batch size in the concurrent run':42}{batch:12.1f}")
     print(
         f"{'p50 latency, s (c=1 vs in-process)':42}"
         f"{p50_1:12.3f}{p50_base:12.3f}{p50_1 / p50_base:7.2f}x   (target <= 1.3x)"

@@ -90,13 +90,15 @@ class CompletionModel:
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.model_dir = model_dir
+        self.counts = {"batches": 0, "sequences": 0}
         device = _pick_device()
         self.load = _BackgroundLoad(
             f"model {model_dir}", lambda: _load_engine(model_dir, engine, device)
         )
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.load.state, "detail": self.load.error}
+        """Load state, and batch counts (mean batch size = sequences / batches)."""
+        return {"state": self.load.state, "detail": self.load.error, **self.counts}
 
     def check_health(self) -> None:
         """Liveness only: loading and failed-to-load replicas stay up and say why (/healthz)."""
@@ -124,9 +126,11 @@ class CompletionModel:
         """One ``generate`` for the whole batch; per-step deltas routed back to each call."""
         engine = self.load.get()
         owner, flat = [], []
+        self.counts["batches"] += 1
         for k, specs in enumerate(items):
             owner += [(k, j) for j in range(len(specs))]
             flat += specs
+        self.counts["sequences"] += len(flat)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         job = loop.run_in_executor(
