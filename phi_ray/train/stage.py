@@ -132,7 +132,14 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
             tc.num_workers,
             work,
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as e:  # TrainingFailedError and friends: say how to resume
+            raise RuntimeError(
+                f"{phase} failed ({type(e).__name__}: {e}); its checkpoints are kept in "
+                f"{work}/ray-{h}: rerun `phi-ray {phase} --run {run.name}` with the same "
+                "config to resume from the latest one"
+            ) from e
         info = _export(result, cfg, phase, out.tmp)
         if os.path.exists(metrics):
             shutil.copy(metrics, os.path.join(out.tmp, "metrics.jsonl"))

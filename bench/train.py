@@ -1,0 +1,189 @@
+"""Training throughput: the Ray Train loop against a plain PyTorch loop, and MFU.
+
+    python bench/train.py                    # CPU, tiny model, ~1-2 min
+    python bench/train.py --steps 30 --hidden 256 --layers 4
+    python bench/train.py --gpu              # on a GPU node: MFU of phi1-small and phi1
+
+In one run, with the same model, batch, data and thread count:
+
+1. a plain single-process PyTorch loop (AdamW, accumulation, clipping; no Ray) -> tokens/s;
+2. ``phi-ray pretrain`` (Ray Train TorchTrainer, one worker) -> tokens/s from its
+   ``metrics.jsonl`` (per-step time measured inside the worker, as the plain loop's);
+3. ratio (2)/(1) (target >= 0.95) and the CPU's MFU against its measured fp32 matmul FLOP/s
+   (formula in ``phi_ray/train/metrics.py``).
+
+With ``--gpu`` it also measures the plain loop's MFU for phi1-small and phi1 (as many layers
+as fit) at bf16 with flash-attn where installed, against the GPU's table peak (target 50%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def plain_loop(cfg, windows, steps: int, device: str = "cpu", dtype=torch.float32) -> list[float]:
+    """A plain PyTorch loop over the same batches; returns per-step seconds."""
+    from phi_ray.model.phi import build_model
+    from phi_ray.train.data import BatchPlan
+    from phi_ray.train.loop import lr_lambda, make_optimizer
+
+    tc = cfg.pretrain
+    model = build_model(cfg.model, device, cfg.run.seed).to(device)
+    optim = make_optimizer(model, tc, torch.device(device))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(tc))
+    plan = BatchPlan(len(windows), cfg.run.seed, tc.global_batch, 1, tc.micro_batch)
+    times = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        for m in range(plan.accum):
+            w = torch.from_numpy(windows.take(plan.indices(step, 0, m))).to(device)
+            with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                logits = model(input_ids=w[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten())
+            (loss / plan.accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        sched.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def cpu_bench(args) -> None:
+    from train_fixtures import train_cfg, write_pack
+
+    from phi_ray.model.phi import build_model
+    from phi_ray.model.tokenizer import get_tokenizer
+    from phi_ray.runs import RunDir
+    from phi_ray.runtime import init_ray
+    from phi_ray.train.data import TokenWindows
+    from phi_ray.train.metrics import cpu_matmul_flops, model_flops_per_token
+    from phi_ray.train.stage import pretrain
+
+    root = tempfile.mkdtemp(prefix="phi-ray-bench-")
+    cfg = train_cfg(
+        root,
+        "bench",
+        f"model.hidden_size={args.hidden}",
+        f"model.intermediate_size={4 * args.hidden}",
+        f"model.n_layer={args.layers}",
+        f"pack.seq_len={args.seq}",
+        f"model.max_position_embeddings={max(args.seq, 128)}",
+        f"pretrain.max_steps={args.steps}",
+        f"pretrain.global_batch={args.global_batch}",
+        f"pretrain.micro_batch={args.micro}",
+        f"pretrain.checkpoint_every={args.steps}",
+        f"pretrain.eval_every={args.steps}",
+        "pretrain.eval_batches=1",
+        f"pretrain.cpus_per_worker={args.threads}",
+        "pretrain.progress=false",
+    )
+    run = RunDir.from_config(cfg)
+    write_pack(run, get_tokenizer(), seq_len=args.seq, n_files=60)
+    windows = TokenWindows(run.path("pack", "pretrain", "train"))
+    torch.set_num_threads(args.threads)
+    warm = 2
+
+    plain = plain_loop(cfg, windows, args.steps)[warm:]
+    init_ray(cfg, num_cpus=args.threads)
+    res = pretrain(cfg, run)
+    with open(os.path.join(res.path, "metrics.jsonl")) as f:
+        ray_times = [json.loads(line)["step_time_s"] for line in f][warm:]
+
+    tokens = args.global_batch * args.seq
+    tps_plain = tokens / statistics.median(plain)
+    tps_ray = tokens / statistics.median(ray_times)
+    fpt = model_flops_per_token(build_model(cfg.model), args.seq)
+    peak = cpu_matmul_flops()
+    print(
+        f"model: {args.layers} layers, hidden {args.hidden}, seq {args.seq}, "
+        f"batch {args.global_batch} (micro {args.micro}), {args.threads} threads, {args.steps} steps"
+    )
+    print(
+        f"plain PyTorch loop : {tps_plain:10.0f} tokens/s  (median step {statistics.median(plain):.3f} s)"
+    )
+    print(
+        f"Ray Train, 1 worker: {tps_ray:10.0f} tokens/s  (median step {statistics.median(ray_times):.3f} s)"
+    )
+    print(f"ratio Ray/plain    : {tps_ray / tps_plain:.3f}  (target >= 0.95)")
+    print(
+        f"CPU peak (measured fp32 matmul): {peak / 1e9:.1f} GFLOP/s; flops/token {fpt / 1e6:.1f} M"
+    )
+    print(f"MFU plain {fpt * tps_plain / peak:.1%}, Ray Train {fpt * tps_ray / peak:.1%}")
+
+
+def gpu_bench(args) -> None:
+    from phi_ray.config import load_config
+    from phi_ray.model.phi import build_model
+    from phi_ray.train.metrics import model_flops_per_token, peak_flops
+
+    class _Windows:  # random token windows: throughput does not depend on the text
+        def __init__(self, n, seq):
+            self.a = np.random.default_rng(0).integers(0, 50000, (n, seq + 1))
+
+        def __len__(self):
+            return len(self.a)
+
+        def take(self, idx):
+            return self.a[idx]
+
+    for preset in ("phi1-small", "phi1"):
+        for layers in (None, 16, 12, 8):
+            over = [
+                "pretrain.global_batch=" + str(args.gpu_micro * 2),
+                f"pretrain.micro_batch={args.gpu_micro}",
+                "pretrain.num_workers=1",
+            ]
+            if layers:
+                over.append(f"model.n_layer={layers}")
+            cfg = load_config(preset, over)
+            try:
+                times = plain_loop(cfg, _Windows(256, cfg.pack.seq_len), 8, "cuda", torch.bfloat16)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                continue
+            tps = cfg.pretrain.global_batch * cfg.pack.seq_len / statistics.median(times[2:])
+            fpt = model_flops_per_token(build_model(cfg.model), cfg.pack.seq_len)
+            peak, src = peak_flops("cuda:0", "bf16")
+            print(
+                f"{preset} ({cfg.model.n_layer} layers): {tps:.0f} tokens/s, "
+                f"MFU {fpt * tps / peak:.1%} vs {src} (target 50%)"
+            )
+            break
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--micro", type=int, default=8)
+    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
+    p.add_argument("--gpu", action="store_true", help="also measure GPU MFU (needs CUDA)")
+    p.add_argument("--gpu-micro", type=int, default=4)
+    args = p.parse_args()
+    cpu_bench(args)
+    if args.gpu or torch.cuda.is_available():
+        gpu_bench(args)
+
+
+if __name__ == "__main__":
+    main()
