@@ -158,7 +158,7 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
         return {}
 
     passes.run_pass("docs", write_docs)
-    docs = ray.data.read_parquet(passes.path("docs"))
+    docs = read_work(passes.path("docs"))
     tin = tally(docs.select_columns(["source", "drop", "n_tokens", "n_bytes"]), ["source", "drop"])
     _check_nonempty(ccfg, tin)
     kept = sum(v["files"] for (_, d), v in tin.items() if d == "")
@@ -169,7 +169,7 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
     if ccfg.dedup.exact and kept:
         p = ccfg.dedup.num_partitions or max(cpus, math.ceil(kept_bytes / _BYTES_PER_PARTITION))
         passes.run_pass("exact", lambda path: dedup.exact_dedup(base, p).write_parquet(path))
-        base = ray.data.read_parquet(passes.path("exact"))
+        base = read_work(passes.path("exact"))
         n_exact = base.count()  # from Parquet metadata, no data read
     removed = np.zeros(0, dtype=np.uint64)
     if ccfg.dedup.near and n_exact:
@@ -184,12 +184,54 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
         removed = passes.load_array("near.npy")
     else:
         near_meta = {}
-    ref = ray.put(removed)
-    base.map_batches(_drop_removed, batch_format="pyarrow", fn_kwargs={"ref": ref}).write_parquet(
-        out_path, min_rows_per_file=ccfg.rows_per_file, max_rows_per_file=ccfg.rows_per_file
-    )
-    tout = tally(ray.data.read_parquet(out_path, columns=["source", "n_tokens"]), ["source"])
+    if n_exact - len(removed) > 0:
+        ref = ray.put(removed)  # one shared copy in the object store, not one per task
+        base.map_batches(
+            _drop_removed, batch_format="pyarrow", fn_kwargs={"ref": ref}
+        ).write_parquet(
+            out_path, min_rows_per_file=ccfg.rows_per_file, max_rows_per_file=ccfg.rows_per_file
+        )
+        tout = tally(read_work(out_path, columns=["source", "n_tokens"]), ["source"])
+    else:
+        log.warning("ingest: every input was dropped; writing an empty corpus")
+        _write_empty(passes, out_path)
+        tout = {}
     return _summary(ccfg, tin, tout, kept, n_exact, len(removed), bands, rows, near_meta, passes)
+
+
+def _write_empty(passes: Passes, out_path: str) -> None:
+    """One zero-row file with the output schema, so readers downstream see the columns."""
+    import pyarrow.parquet as pq
+
+    from phi_ray.corpus.process import DOC_SCHEMA
+
+    fs, root = passes.fs, passes.run._fs_path(out_path)
+    fs.create_dir(root, recursive=True)
+    schema = pa.schema([DOC_SCHEMA.field(c) for c in CORPUS_COLUMNS])
+    with fs.open_output_stream(f"{root}/part-00000.parquet") as f:
+        pq.write_table(schema.empty_table(), f)
+
+
+def read_work(path: str, **kwargs: Any) -> Any:
+    """Read a directory this stage wrote (a few files it knows the layout of).
+
+    Ray Data's V2 Parquet reader starts a pool of footer-reading actors on every read,
+    which pays off for thousands of foreign files; for our own handful of files per pass
+    the V1 reader (footers read in plain tasks) avoids those process starts.
+    """
+    import pyarrow.fs as pafs
+    import ray
+    from ray.data import DataContext
+
+    fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    n_files = sum(i.path.endswith(".parquet") for i in fs.get_file_info(pafs.FileSelector(base)))
+    ctx = DataContext.get_current()
+    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        # One block per file: splitting our own files finer only adds tasks.
+        return ray.data.read_parquet(path, override_num_blocks=max(1, n_files), **kwargs)
+    finally:
+        ctx.use_datasource_v2 = before
 
 
 def _drop_removed(batch: pa.Table, ref: Any) -> pa.Table:

@@ -61,7 +61,7 @@ SO_GOOD = [
     (
         "How do I reverse a list?",
         "<p>I have <code>xs</code>.</p>",
-        "<pre><code>xs = xs[::-1]\nprint(xs)\n</code></pre>",
+        "<p>Slice it with a negative step:</p><pre><code>xs = xs[::-1]\nprint(xs)\n</code></pre>",
     ),
     (
         "What does yield do?",
@@ -176,7 +176,8 @@ def test_output_schema_and_ids(ingested, tokenizer):
     by_source = {
         s: t.column("source").to_pylist().count(s) for s in ("the-stack", "stackoverflow", "mycode")
     }
-    assert by_source == {"the-stack": 8, "stackoverflow": 3, "mycode": 2}
+    # sched.py is in both the Stack and mycode: the copy with the smaller path (mycode's) wins
+    assert by_source == {"the-stack": 7, "stackoverflow": 3, "mycode": 3}
     so = [r for r in t.to_pylist() if r["source"] == "stackoverflow"]
     assert {r["path"] for r in so} == {"questions/0", "questions/1", "questions/2"}
     assert all(r["license"] == "CC-BY-SA-4.0" and r["repo"] == "stackoverflow.com" for r in so)
@@ -194,7 +195,7 @@ def test_drop_reasons_and_counts(ingested):
     assert c["files_out"] == 13 and c["tokens_out"] < c["tokens_in"]
     assert rd.read_success("ingest")["counts"] == c  # what _SUCCESS.json holds
     assert res.success["sources"]["mycode"]["files_in"] == 9
-    assert res.success["sources"]["mycode"]["files_out"] == 2
+    assert res.success["sources"]["mycode"]["files_out"] == 3
 
 
 def test_exact_and_near_dedup_on_planted_duplicates(ingested):
@@ -207,7 +208,8 @@ def test_exact_and_near_dedup_on_planted_duplicates(ingested):
     heapq = [r for r in rows if r["content"] == _src("heapq")]
     assert len(heapq) == 1 and heapq[0]["path"] == "aa/heapq_copy.py"  # smallest path wins
     assert sum("shlex" in r["path"] for r in rows) == 1
-    assert sum(r["content"] == _src("sched") for r in rows) == 1
+    sched = [r for r in rows if r["content"] == _src("sched")]
+    assert len(sched) == 1 and sched[0]["source"] == "mycode"
 
 
 def test_rerun_is_skipped_and_work_is_cleaned(ingested):
