@@ -62,8 +62,7 @@ def summarize(
     counts = counts_by_task(rows)
     outcomes: dict[str, int] = {}
     for r in rows:
-        key = "passed" if r["passed"] else r["result"].split(":", 1)[0]
-        outcomes[key] = outcomes.get(key, 0) + 1
+        outcomes[_outcome(r)] = outcomes.get(_outcome(r), 0) + 1
     out: dict[str, Any] = {
         **summarize_pass_at_k(counts, ks),
         "problems": len(counts),
@@ -76,3 +75,14 @@ def summarize(
     if split:
         out["split"] = split_pass_at_k(counts, split, ks)
     return out
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    """ "passed", "timed out", or the failure's kind ("AssertionError", "killed by SIGXCPU")."""
+    if row["passed"]:
+        return "passed"
+    res = row["result"]
+    if not res.startswith("failed: "):
+        return res
+    kind = res[len("failed: ") :].split(":", 1)[0].split(" (", 1)[0]
+    return kind[:60] or "failed"

@@ -176,10 +176,11 @@ def generate_hf(
             "top_p": ecfg.top_p,
             "stops": STOP_SEQUENCES,
         }
-        actor = ray.remote(**opts)(HFGenerator)
-        pool = ActorPool([actor.remote(model_dir, gen) for _ in range(n_actors)])
         prompt = {p.task_id: p.prompt for p in problems}
         batches = _batches(problems, units, ecfg.batch_size)
+        actor = ray.remote(**opts)(HFGenerator)
+        actors = [actor.remote(model_dir, gen) for _ in range(min(n_actors, len(batches)))]
+        pool = ActorPool(actors)
 
         def submit(a, b: tuple[int, list[Unit]]):
             return a.generate.remote([prompt[t] for t, _ in b[1]], seed + b[0])
@@ -191,6 +192,8 @@ def generate_hf(
             resume.add(rows)
             bar.update(len(rows))
         bar.close()
+        for a in actors:  # free the GPUs now, not when the handles are collected
+            ray.kill(a)
     return resume.rows
 
 
