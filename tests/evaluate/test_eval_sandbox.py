@@ -84,7 +84,10 @@ def test_hostile_samples_fail_and_neighbours_are_unaffected(
         "socket": f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'leak')\n",
         "bigfile": "open('big.bin', 'wb').write(b'x' * (64 << 20))\n",
         "spam": "while True:\n    print('y' * 10000)\n",
+        "kill": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
     }
+    if DROPS_UID:
+        hostile["home"] = "import os\nprint(os.listdir('/root'))\n"
     progs = [good, *hostile.values(), good]
     t0 = time.monotonic()
     res = sandbox.run(progs)
@@ -98,6 +101,7 @@ def test_hostile_samples_fail_and_neighbours_are_unaffected(
     assert "MemoryError" in by["memory"].result
     assert "File too large" in by["bigfile"].result
     assert "KeyError" in by["secret"].result
+    assert "PermissionError" in by["kill"].result
     assert victim.read_text() == "precious"
     assert got == []  # nothing reached the host's server
     assert os.environ["OPENAI_API_KEY"] == "sk-test-secret-do-not-leak"
