@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 from phi_ray.synth import prompts
@@ -72,35 +71,40 @@ def paid_for(client: Any, req: Any, model: str) -> tuple[int, int, float]:
     return hit.prompt_tokens, hit.completion_tokens, hit.cost_usd
 
 
-def generate(
-    client: Any, tree: TopicTree, kind: str, n: int, seed: int, synth: Any, model: str
-) -> Iterator[tuple[list[dict[str, Any]], Counter, dict[str, Any]]]:
-    """Yield (records, failure reasons, batch stats) per chunk of ``synth.chunk_size``.
+def generate_chunk(
+    client: Any,
+    tree: TopicTree,
+    kind: str,
+    start: int,
+    stop: int,
+    seed: int,
+    synth: Any,
+    model: str,
+) -> tuple[list[dict[str, Any]], Counter, dict[str, Any]]:
+    """(records, failure reasons, batch stats) for samples ``start..stop-1`` of ``kind``.
 
     A budget stop raises :class:`phi_ray.llm.BudgetExceeded` after the chunk's paid
     answers are cached, so a rerun with a larger budget carries on from there.
     """
-    for start in range(0, n, synth.chunk_size):
-        stop = min(n, start + synth.chunk_size)
-        reqs = build_requests(tree, kind, start, stop, seed, synth, model)
-        by_id = {r.id: r for r in reqs}
-        batch = client.run_batch(reqs, desc=f"synth {kind} {start}-{stop}")
-        batch.raise_if_budget(f"synth {kind}")
-        records = []
-        for res in batch.results:
-            pt, ct, usd = paid_for(client, by_id[res.id], model)
-            records.append(
-                {
-                    **res.meta,
-                    "text": res.text,
-                    "model": res.model,
-                    "prompt_tokens": pt,
-                    "completion_tokens": ct,
-                    "cost_usd": usd,
-                    "cached": res.cached,
-                }
-            )
-        reasons = Counter(f"llm_{f.reason}" for f in batch.failures)
-        for f in batch.failures:
-            log.warning("synth %s: request %s failed (%s): %s", kind, f.id, f.reason, f.error[:200])
-        yield records, reasons, batch.stats
+    reqs = build_requests(tree, kind, start, stop, seed, synth, model)
+    by_id = {r.id: r for r in reqs}
+    batch = client.run_batch(reqs, desc=f"synth {kind} {start}-{stop}")
+    batch.raise_if_budget(f"synth {kind}")
+    records = []
+    for res in batch.results:
+        pt, ct, usd = paid_for(client, by_id[res.id], model)
+        records.append(
+            {
+                **res.meta,
+                "text": res.text,
+                "model": res.model,
+                "prompt_tokens": pt,
+                "completion_tokens": ct,
+                "cost_usd": usd,
+                "cached": res.cached,
+            }
+        )
+    reasons = Counter(f"llm_{f.reason}" for f in batch.failures)
+    for f in batch.failures:
+        log.warning("synth %s: request %s failed (%s): %s", kind, f.id, f.reason, f.error[:200])
+    return records, reasons, batch.stats

@@ -113,13 +113,23 @@ def _server_cost(calls: Counter) -> float:
 def test_generation_constraints_validation_dedup_and_costs(tmp_path, ray_session):
     resp = Responder()
     with OpenAITestServer(resp) as srv:
-        cfg = _cfg(tmp_path, srv)
+        # Chunks of 8: near-copies land in different chunks, dedup must work across them.
+        cfg = _cfg(tmp_path, srv, "synth.chunk_size=8")
         run = RunDir.from_config(cfg)
         res = synth_run(cfg, run)
         calls = Counter(srv.calls)
         bodies = list(srv.bodies)
         # A second call is up to date: skipped, no request sent.
         assert synth_run(cfg, run).skipped and srv.calls["ok"] == calls["ok"]
+        # Forced: finished chunks come from their shards, without a request.
+        shards = sorted(Path(run.work_path("synth")).glob("textbooks-*/chunk-*.parquet"))
+        assert len(shards) == 3
+        stamps = [p.stat().st_mtime_ns for p in shards]
+        os.remove(Path(res.path) / "_SUCCESS.json")
+        again = synth_run(cfg, run)
+        assert not again.skipped and again.counts == res.counts
+        assert srv.calls["ok"] == calls["ok"] and again.success["cost_usd_this_run"] == 0
+        assert [p.stat().st_mtime_ns for p in shards] == stamps
 
     # Every sampled constraint reached a request, verbatim.
     tree = TopicTree.load(cfg.synth.topic_tree)
