@@ -13,6 +13,8 @@ import threading
 import time
 from contextlib import closing
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from annotate_corpus import write_corpus
@@ -58,14 +60,20 @@ def _failures(run) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_heuristic_judge_is_the_offline_default(tmp_path, ray_session, caplog):
-    cfg = _cfg(tmp_path, "annotate.sample_size=40")
+def test_heuristic_judge_is_the_offline_default(tmp_path, ray_session, caplog, monkeypatch):
+    cfg = _cfg(tmp_path, "annotate.sample_size=40", "annotate.heuristic_batch_size=8")
     run = RunDir.from_config(cfg)
     ids = write_corpus(run, 60)
+    monkeypatch.setattr(stage, "LOCAL_MAX_ROWS", 10)  # 40 rows: take the Ray Data path
     with caplog.at_level("WARNING", logger="phi_ray.annotate"):
         res = stage.run(cfg, run)
     assert "HEURISTIC judge" in caplog.text
     labels = _labels(run)
+    corpus = pq.read_table(run.path("ingest", "corpus"))
+    local = stage._heuristic_batch(corpus.filter(pc.is_in(corpus["id"], pa.array(list(labels)))))
+    assert {r["id"]: r["score"] for r in local.to_pylist()} == {
+        k: r["score"] for k, r in labels.items()
+    }  # distributed == in-process
     assert len(labels) == 40 and set(labels) <= set(ids)
     assert {r["judge"] for r in labels.values()} == {"heuristic"}
     assert {r["rubric_version"] for r in labels.values()} == {"heuristic-v1"}
@@ -74,17 +82,6 @@ def test_heuristic_judge_is_the_offline_default(tmp_path, ray_session, caplog):
     assert res.success["judge"] == "heuristic" and res.counts["labelled"] == 40
     assert sum(res.counts[f"score_{s}"] for s in range(6)) == 40
     assert stage.run(cfg, run).skipped
-
-
-def test_heuristic_judge_runs_on_ray_data_for_big_samples(tmp_path, ray_session, monkeypatch):
-    cfg = _cfg(tmp_path, "annotate.sample_size=30", "annotate.heuristic_batch_size=8")
-    run = RunDir.from_config(cfg)
-    write_corpus(run, 30)
-    sample = pq.read_table(run.path("ingest", "corpus"))
-    local, _, _ = stage._heuristic_labels(sample, cfg)
-    monkeypatch.setattr(stage, "LOCAL_MAX_ROWS", 0)
-    distributed, _, _ = stage._heuristic_labels(sample, cfg)
-    assert distributed.equals(local) and distributed.num_rows == 30
 
 
 def test_thousand_annotations_with_20pct_faults_lose_nothing_and_pay_once(tmp_path, ray_session):
