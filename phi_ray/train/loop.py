@@ -205,7 +205,8 @@ class _Loop:
 
         tc, rank = self.tc, self.rank
         start = state["step"]
-        log = MetricsLog(self.config["metrics_path"], start) if rank == 0 else None
+        path = self.config.get("metrics_path")
+        log = MetricsLog(path, start) if rank == 0 and path else None
         bar = _progress(self.config, start, tc.max_steps) if rank == 0 else None
         for step in range(start, tc.max_steps):
             _maybe_fault(self.config.get("fault"), step, rank, self.world)

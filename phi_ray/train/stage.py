@@ -37,7 +37,7 @@ def _fault_from_env() -> dict[str, Any] | None:
 
 
 def loop_config(
-    cfg: Config, run: RunDir, phase: str, init_from: str | None, metrics_path: str
+    cfg: Config, run: RunDir, phase: str, init_from: str | None, metrics_path: str | None
 ) -> dict[str, Any]:
     """The plain-dict config each Ray Train worker gets (no Config pickling surprises)."""
     tc: TrainConfig = getattr(cfg, phase)
@@ -122,7 +122,9 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
         if phase == "finetune":  # from the run's pretrained model unless told otherwise
             init_from = tc.init_from or f"{run.require('pretrain', needed_by=phase)}/model"
         work = run.work_path(phase)
-        metrics = os.path.join(work, f"metrics-{h}.jsonl")
+        # Rank 0 appends to it directly: a local (or shared) path. On object stores the
+        # per-step metrics go to Ray Train's reports only.
+        metrics = os.path.join(work, f"metrics-{h}.jsonl") if run.local else None
         loop_cfg = loop_config(cfg, run, phase, init_from, metrics)
         trainer = make_trainer(cfg, run, phase, work, f"ray-{h}", loop_cfg)
         log.info(
@@ -141,12 +143,13 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
                 "config to resume from the latest one"
             ) from e
         info = _export(result, cfg, phase, out.tmp)
-        if os.path.exists(metrics):
+        if metrics and os.path.exists(metrics):
             shutil.copy(metrics, os.path.join(out.tmp, "metrics.jsonl"))
         final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
         return out.finish(
             counts={"steps": info["steps"], "tokens": int(final.get("tokens", 0))},
             final_metrics=final,
+            mfu_formula="(6*N + 12*L*H*Q*T) * tokens_per_s / (peak_flops * n_devices)",
             checkpoint=result.checkpoint.path,
             **info,
         )
