@@ -190,8 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"phi-ray {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"phi-ray {args.command}: interrupted", file=sys.stderr)
+        print(
+            f"phi-ray {args.command}: interrupted; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
+    except Exception as e:  # a stage failure (e.g. an LLM budget stop): one clear line
+        logging.getLogger("phi_ray").debug("failure", exc_info=True)
+        print(f"phi-ray {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        if not getattr(args, "verbose", False):
+            print(
+                "(run with -v for the traceback; rerunning resumes from what was done)",
+                file=sys.stderr,
+            )
+        return 1
 
 
 if __name__ == "__main__":
