@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from phi_ray.runs import RunDir
 from phi_ray.synth import dedup
 from phi_ray.synth.validate import Checks, validate_exercise, validate_textbook
 
@@ -28,6 +31,7 @@ EXERCISE_COLUMNS = [
     "prompt_hash", "tokens", "cost_usd", "subtopic", "category", "prompt_tokens",
     "completion_tokens", "tests_status", "n_examples", "sample_index", "source_id",
 ]  # fmt: skip
+_INT = {"tokens", "prompt_tokens", "completion_tokens", "n_examples", "sample_index"}
 
 
 def checks_from(synth: Any) -> Checks:
@@ -125,3 +129,25 @@ def to_frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
         if df[c].dtype == object or str(df[c].dtype).startswith(("str", "string")):
             df[c] = df[c].fillna("").astype(str)
     return df
+
+
+def schema(kind: str) -> pa.Schema:
+    cols = TEXTBOOK_COLUMNS if kind == "textbooks" else EXERCISE_COLUMNS
+    types = {c: pa.int64() if c in _INT else pa.string() for c in cols}
+    types["cost_usd"] = pa.float64()
+    return pa.schema([(c, types[c]) for c in cols])
+
+
+def write_rows(
+    run: RunDir, out_dir: str, kind: str, rows: list[dict[str, Any]], per_file: int
+) -> int:
+    """Write ``rows`` as Parquet files under ``out_dir/kind`` (one empty file if none)."""
+    d = run._fs_path(f"{out_dir}/{kind}")
+    run.fs.create_dir(d, recursive=True)
+    df = to_frame(rows, kind)
+    table_schema = schema(kind)
+    for i, start in enumerate(range(0, max(len(df), 1), per_file)):
+        part = df.iloc[start : start + per_file]
+        table = pa.Table.from_pandas(part, schema=table_schema, preserve_index=False)
+        pq.write_table(table, f"{d}/part-{i:05d}.parquet", filesystem=run.fs)
+    return len(df)

@@ -79,6 +79,7 @@ def test_mined_stage_offline_default(tiny_cfg, run_dir, ray_session):
     assert synth_run(tiny_cfg, run_dir).skipped
 
 
+@pytest.mark.slow  # Ray Data start-up: ~15 s on an idle 2-core box, minutes on a loaded one
 def test_ray_data_path_matches_the_driver_path(tmp_path, ray_session):
     """Above ``synth.local_max`` inputs, mining runs on Ray Data: same rows either way."""
     files = stdlib_python_files(400)[5::40]
