@@ -482,6 +482,7 @@ class ServeConfig:
     model_name: str = "phi-1"
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
+    batch_wait_max_s: float = 0.1  # the wait after a batch of several requests (closed loops)
     max_tokens_limit: int = 1024
     max_body_bytes: int = 1_000_000
     api_key_env: str = "PHI_RAY_API_KEY"
@@ -501,6 +502,7 @@ class ServeConfig:
         _check(self.max_batch_size > 0, "max_batch_size", "must be > 0")
         _check(1 <= self.min_replicas <= self.max_replicas, "min_replicas", "need 1 <= min <= max")
         _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
+        _check(self.batch_wait_max_s >= 0, "batch_wait_max_s", "must be >= 0")
         _check(self.max_tokens_limit > 0, "max_tokens_limit", "must be > 0")
         _check(self.max_body_bytes > 0, "max_body_bytes", "must be > 0")
         _check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_gpus", "must be >= 0")

@@ -70,7 +70,7 @@ def build_app(scfg: ServeConfig, model_dir: str, classifier_dir: str | None = No
         ray_actor_options={"num_cpus": scfg.num_cpus, "num_gpus": scfg.num_gpus},
         max_ongoing_requests=max(64, 4 * b),
         **_replicas(scfg, target=b),
-    ).bind(model_dir, scfg.engine, b, scfg.batch_wait_timeout_s)
+    ).bind(model_dir, scfg.engine, b, scfg.batch_wait_timeout_s, scfg.batch_wait_max_s)
     scorer = None
     if classifier_dir:
         scorer = QualityScorer.options(

@@ -86,9 +86,11 @@ class CompletionModel:
         engine: str = "auto",
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.01,
+        batch_wait_max_s: float = 0.1,
     ) -> None:
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.waits = (batch_wait_timeout_s, max(batch_wait_timeout_s, batch_wait_max_s))
         self.model_dir = model_dir
         self.counts = {"batches": 0, "sequences": 0}
         device = _pick_device()
@@ -127,6 +129,10 @@ class CompletionModel:
         engine = self.load.get()
         owner, flat = [], []
         self.counts["batches"] += 1
+        # Clients that shared this batch come back together when it ends, but spread out
+        # over their round trips: while traffic is concurrent, hold the next batch open
+        # longer (it starts at once when full); a lone client keeps the short wait.
+        self._batched.set_batch_wait_timeout_s(self.waits[len(items) > 1])
         for k, specs in enumerate(items):
             owner += [(k, j) for j in range(len(specs))]
             flat += specs
