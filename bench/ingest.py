@@ -110,12 +110,13 @@ def baseline(src: Path, out: Path, cfg) -> dict:
     from phi_ray.config import SourceConfig
     from phi_ray.corpus import dedup
     from phi_ray.corpus.minhash import lsh_params
-    from phi_ray.corpus.process import CORPUS_COLUMNS, process_batch
+    from phi_ray.corpus.process import CORPUS_COLUMNS, process_batch, tokenizer_spec
     from phi_ray.corpus.readers import _list, read_file_batch
 
     c = cfg.corpus
     bands, rows = lsh_params(c.dedup.threshold, c.dedup.num_perm)
     files = _list(SourceConfig(kind="local_dir", path=str(src)), "bench", (".py",))
+    tok = tokenizer_spec()
     docs = []
     for i in range(0, len(files), c.batch_size):
         items = [
@@ -123,7 +124,7 @@ def baseline(src: Path, out: Path, cfg) -> dict:
             for p, s in files[i : i + c.batch_size]
         ]
         raw = read_file_batch(pa.Table.from_pylist(items), c.filters.max_bytes, "unknown", "local")
-        docs.append(process_batch(raw, c.filters, c.dedup, bands, rows, True))
+        docs.append(process_batch(raw, c.filters, c.dedup, bands, rows, True, tok))
     table = pa.concat_tables(docs)
     kept = table.filter(pc.equal(table["drop"], ""))
     seen: dict[str, int] = {}

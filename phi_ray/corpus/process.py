@@ -8,8 +8,10 @@ written rows alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,15 +39,38 @@ DOC_SCHEMA = pa.schema(
 CORPUS_COLUMNS = ["id", "content", "path", "repo", "license", "source", "n_chars", "n_tokens"]
 
 
-def count_tokens(texts: list[str]) -> list[int]:
-    """codegen-350M-mono token counts, one batched call (Rust, no special tokens)."""
-    if not texts:
-        return []
-    # One Ray worker per CPU already; Rust threads on top would oversubscribe the node.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def tokenizer_spec() -> str:
+    """The codegen tokenizer as its ``tokenizer.json`` text, built once on the driver.
+
+    Workers rebuild it with the ``tokenizers`` library alone: importing ``transformers``
+    in every Ray worker costs seconds and ~300 MB each, for a count of token ids.
+    """
     from phi_ray.model.tokenizer import get_tokenizer
 
-    enc = get_tokenizer().backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    return get_tokenizer().backend_tokenizer.to_str()
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(spec: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(spec)
+
+
+def count_tokens(texts: list[str], spec: Any) -> list[int]:
+    """codegen-350M-mono token counts, one batched call (Rust, no special tokens).
+
+    ``spec`` is :func:`tokenizer_spec`'s text or a Ray object ref to it.
+    """
+    if not texts:
+        return []
+    if not isinstance(spec, str):
+        import ray
+
+        spec = ray.get(spec)
+    # One Ray worker per CPU already; Rust threads on top would oversubscribe the node.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    enc = _tokenizer(spec).encode_batch(texts, add_special_tokens=False)
     return [len(e.ids) for e in enc]
 
 
@@ -56,6 +81,7 @@ def process_batch(
     bands: int,
     rows: int,
     is_code: bool,
+    tokenizer: Any,
 ) -> pa.Table:
     """Apply every check to a batch of raw rows and compute what dedup needs.
 
@@ -72,7 +98,7 @@ def process_batch(
             drop[i] = quality_reason(text, filters, is_code) or ""
     usable = [i for i in range(n) if content[i] is not None and drop[i] not in _UNTOKENIZED]
     tokens = [0] * n
-    for i, t in zip(usable, count_tokens([content[i] for i in usable]), strict=True):
+    for i, t in zip(usable, count_tokens([content[i] for i in usable], tokenizer), strict=True):
         tokens[i] = t
     ids, uids, n_bytes = [""] * n, np.zeros(n, dtype=np.uint64), [0] * n
     for i, text in enumerate(content):

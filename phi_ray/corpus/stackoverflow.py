@@ -89,7 +89,7 @@ def records_to_table(recs: list[Any], where: list[str], source: str, license: st
     rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
     for rec, loc in zip(recs, where, strict=True):
         text, reason = record_sample(rec)
-        qid = rec.get("question_id") or rec.get("id") if isinstance(rec, dict) else None
+        qid = _first(rec, "question_id", "id") if isinstance(rec, dict) else None
         rows["content"].append(text)
         rows["path"].append(f"questions/{qid}" if qid is not None else loc)
         rows["repo"].append(REPO)
@@ -98,6 +98,10 @@ def records_to_table(recs: list[Any], where: list[str], source: str, license: st
         rows["source"].append(source)
         rows["drop"].append(reason or "")
     return pa.table(rows, schema=RAW_SCHEMA)
+
+
+def _first(rec: dict[str, Any], *keys: str) -> Any:
+    return next((rec[k] for k in keys if rec.get(k) is not None), None)  # 0 is a valid id
 
 
 def _open(path: str):

@@ -28,7 +28,7 @@ from phi_ray.config import Config, CorpusConfig
 from phi_ray.corpus import dedup
 from phi_ray.corpus.filters import READ_REASONS
 from phi_ray.corpus.minhash import lsh_params
-from phi_ray.corpus.process import CORPUS_COLUMNS, process_batch
+from phi_ray.corpus.process import CORPUS_COLUMNS, process_batch, tokenizer_spec
 from phi_ray.corpus.readers import CorpusError, is_code, read_source, source_name
 from phi_ray.runs import RunDir, StageResult
 from phi_ray.runtime import init_ray
@@ -138,6 +138,8 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
         (src, read_source(src, ccfg.filters.max_bytes, i)) for i, src in enumerate(ccfg.sources)
     ]
 
+    tok = ray.put(tokenizer_spec())  # one copy in the object store for every worker
+
     def write_docs(path: str) -> dict:
         parts = [
             ds.map_batches(
@@ -150,6 +152,7 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
                     "bands": bands,
                     "rows": rows,
                     "is_code": is_code(src),
+                    "tokenizer": tok,
                 },
             )
             for src, ds in sources

@@ -168,3 +168,36 @@ def test_hub_unreachable_says_how_to_fix(tmp_path, monkeypatch):
         CorpusError, match=r"cannot stream 'bigcode/the-stack-dedup'.*ConnectionError.*HF_TOKEN"
     ):
         read_source(src, 1000)
+
+
+def test_finished_passes_are_reused_after_a_crash(tmp_path):
+    from phi_ray.corpus.stage import Passes
+    from phi_ray.runs import RunDir
+
+    passes = Passes(RunDir(str(tmp_path), "r"), "h")
+    calls = []
+
+    def work(path):
+        calls.append(path)
+        Path(path).mkdir(parents=True)
+        (Path(path) / "part.parquet").write_bytes(b"x")
+        return {"edges": 3}
+
+    def crash(path):
+        Path(path).mkdir(parents=True)  # partial output, then the process dies
+        raise KeyboardInterrupt
+
+    assert passes.run_pass("docs", work) == {"edges": 3}
+    with pytest.raises(KeyboardInterrupt):
+        passes.run_pass("exact", crash)
+    # The rerun (a new process: a new Passes) reuses "docs" and redoes "exact" from scratch.
+    again = Passes(RunDir(str(tmp_path), "r"), "h")
+    assert again.run_pass("docs", crash) == {"edges": 3}
+    assert again.run_pass("exact", work) == {"edges": 3}
+    assert len(calls) == 2 and sorted(p.name for p in Path(again.path("exact")).iterdir()) == [
+        "part.parquet"
+    ]
+    passes.save_array("near.npy", np.arange(3, dtype=np.uint64))
+    assert again.load_array("near.npy").tolist() == [0, 1, 2]
+    again.clear()
+    assert not Path(again.base).exists()
