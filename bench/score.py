@@ -122,14 +122,14 @@ def ray_pipeline(cfg, clf_dir: str, files: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=16)
-    ap.add_argument("--rows", type=int, default=16, help="rows per corpus file")
-    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=8, help="rows per corpus file")
+    ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=16, help="embedder forward batch")
-    ap.add_argument("--batch-rows", type=int, default=64, help="rows per Ray Data batch")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8, help="embedder forward batch")
+    ap.add_argument("--batch-rows", type=int, default=16, help="rows per Ray Data batch")
     ap.add_argument(
         "--concurrency", type=int, default=None, help="actors (default: 1 per GPU/core)"
     )
@@ -173,7 +173,7 @@ def main() -> None:
     QualityClassifier(forest, build_meta(emb, 0.5)).save(clf_dir)
     del emb
 
-    init_ray(None, num_cpus=cores) if not gpu else init_ray(None)
+    init_ray(None)  # a local cluster over all cores (or RAY_ADDRESS)
     print(f"device={device} cores={cores} actors={conc} x {per_actor} CPU; files={args.files} "
           f"x {args.rows} rows; tiny-codegen d={args.hidden} L={args.layers} T<={args.max_length}")  # fmt: skip
     ray_pipeline(cfg, clf_dir, files[:2])  # warm the workers' imports, not the model

@@ -14,6 +14,7 @@ length inside the embedder into forward batches of ``embedder.batch_size``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,29 @@ def check_columns(path: str, needed: tuple[str, ...], what: str) -> None:
     missing = [c for c in needed if c not in have]
     if missing:
         raise ValueError(f"{path}: {what} file lacks column(s) {missing}; has {sorted(have)}")
+
+
+def _read_files(batch: dict[str, Any], rows: int) -> Iterator[pa.Table]:
+    """Corpus files -> their (file, id, content) rows, ``rows`` at a time."""
+    for path in batch["file"]:
+        fs, p = resolve_fs(str(path))
+        with fs.open_input_file(p) as f:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=["id", "content"]):
+                t = pa.Table.from_batches([rb])
+                yield t.append_column("file", pa.array([str(path)] * t.num_rows, pa.string()))
+
+
+def corpus_dataset(files: list[str], rows: int) -> Any:
+    """A Ray Dataset of (file, id, content) over corpus files, one block per file.
+
+    ``read_parquet`` would pack small files into one read task; one block per file lets
+    a file's results reach the driver as soon as that file is done, and (fused into the
+    next operator) spares a separate read-task worker.
+    """
+    import ray
+
+    ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(_read_files, fn_kwargs={"rows": rows}, batch_size=1, batch_format="numpy")
 
 
 def tokenize_batch(batch: pa.Table, embedder: EmbedderConfig) -> pa.Table:

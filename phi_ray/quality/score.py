@@ -25,7 +25,6 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -73,12 +72,8 @@ def run(cfg: Config, run: RunDir) -> StageResult:
 
 
 def shard_path(shards_dir: str, i: int) -> str:
+    """Input shard ``i`` is corpus file ``i`` (sorted); its finished scores live here."""
     return f"{shards_dir}/shard-{i:05d}.parquet"
-
-
-def _exists(path: str) -> bool:
-    fs, p = resolve_fs(path)
-    return fs.get_file_info(p).type.name == "File"
 
 
 def write_atomic(table: pa.Table, path: str) -> None:
@@ -95,8 +90,9 @@ def write_atomic(table: pa.Table, path: str) -> None:
 def score_shards(cfg: Config, files: list[str], clf_dir: str, shards_dir: str) -> dict[str, Any]:
     """Score every corpus file lacking a finished shard; returns this pass's counts."""
     expected = [data.parquet_rows(f) for f in files]
-    done = [i for i in range(len(files)) if _exists(shard_path(shards_dir, i))]
-    pending = [i for i in range(len(files)) if i not in set(done)]
+    finished = {f.rsplit("/", 1)[-1] for f in data.list_parquet(shards_dir, "score shards")}
+    done = [i for i in range(len(files)) if f"shard-{i:05d}.parquet" in finished]
+    pending = sorted(set(range(len(files))) - set(done))
     for i in [i for i in pending if expected[i] == 0]:
         write_atomic(_SHARD_SCHEMA.empty_table(), shard_path(shards_dir, i))
     pending = [i for i in pending if expected[i] > 0]
@@ -135,29 +131,12 @@ def score_shards(cfg: Config, files: list[str], clf_dir: str, shards_dir: str) -
     return stats
 
 
-def _read_files(batch: dict[str, Any], rows: int) -> Iterator[pa.Table]:
-    """One corpus file per call -> its (file, id, content) rows, ``rows`` at a time."""
-    for path in batch["file"]:
-        fs, p = resolve_fs(str(path))
-        with fs.open_input_file(p) as f:
-            for rb in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=["id", "content"]):
-                t = pa.Table.from_batches([rb])
-                yield t.append_column("file", pa.array([str(path)] * t.num_rows, pa.string()))
-
-
 def _pipeline(cfg: Config, files: list[str], clf_dir: str) -> Any:
     """files -> read -> tokenize (CPU tasks) -> ScoreActor pool -> (file, id, quality, kept)."""
-    import ray
-
     q = cfg.quality
-    # One block per corpus file (read_parquet would pack small files into one task), so
-    # a file's scores reach the driver as soon as that file is done.
-    ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+    ds = data.corpus_dataset(files, q.batch_rows)
     # Rows must reach the driver in file order so that shards finish one after another.
     ds.context.execution_options.preserve_order = True
-    ds = ds.map_batches(
-        _read_files, fn_kwargs={"rows": q.batch_rows}, batch_size=1, batch_format="numpy"
-    )
     ds = ds.map_batches(
         data.tokenize_batch,
         fn_kwargs={"embedder": q.embedder},
@@ -189,7 +168,7 @@ def assemble(files: list[str], shards_dir: str, out_dir: str) -> dict[str, Any]:
         for i, f in enumerate(files)
     ]  # fmt: skip
     totals: dict[str, Any] = defaultdict(int)
-    totals["files_in"] = len(files)
+    totals["files_in"] = totals["files_out"] = len(files)  # one scored/ + filtered/ part each
     for ref in tqdm(refs, desc="assemble", unit="shard", disable=len(refs) < 2):
         for k, v in ray.get(ref).items():
             totals[k] += v

@@ -111,7 +111,6 @@ def embed_labelled(
     cfg: Config, corpus_dir: str, labels: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Embed the corpus files that have labels: (X, y) in label order, tokens embedded."""
-    import ray
 
     q = cfg.quality
     files = data.list_parquet(corpus_dir, "ingest corpus")
@@ -119,7 +118,7 @@ def embed_labelled(
         data.check_columns(f, ("id", "content"), "ingest corpus")
     if not files or labels.empty:
         raise ValueError(f"classify: nothing to embed ({len(files)} corpus files, 0 labels)")
-    ds = ray.data.read_parquet(files).select_columns(["id", "content"])
+    ds = data.corpus_dataset(files, q.batch_rows)
     ds = ds.map_batches(
         _select_ids, fn_kwargs={"ids": labels["id"].tolist()}, batch_format="pyarrow"
     )

@@ -178,15 +178,20 @@ def test_score_killed_midway_resumes_without_gaps(classified, ray_session, tmp_p
     args = [sys.executable, str(REPO / "jobs/score.py")]
     for o in overrides:
         args += ["--set", o]
+    log = open(tmp_path / "score.log", "wb")  # noqa: SIM115 - the child writes it
     proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 90
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    # Generous: on a loaded 2-core machine the child's imports and actor start take long.
+    deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if shards.exists() and any(shards.glob("shard-*.parquet")):
             break
         time.sleep(0.02)
+    exited = proc.poll()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    log.close()
+    assert exited is None, (tmp_path / "score.log").read_text()[-3000:]
     finished = sorted(p.name for p in shards.glob("shard-*.parquet"))
     total = len(list(Path(run.path("ingest", "corpus")).glob("*.parquet")))
     assert 0 < len(finished) < total, f"kill did not land midway: {len(finished)}/{total}"
