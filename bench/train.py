@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def cpu_bench(args) -> None:
         "pretrain.eval_batches=1",
         f"pretrain.cpus_per_worker={args.threads}",
         "pretrain.progress=false",
+        f"run.num_cpus={args.threads}",
     )
     run = RunDir.from_config(cfg)
     write_pack(run, get_tokenizer(), seq_len=args.seq, n_files=60)
@@ -101,10 +103,14 @@ def cpu_bench(args) -> None:
     warm = 2
 
     plain = plain_loop(cfg, windows, args.steps)[warm:]
-    init_ray(cfg, num_cpus=args.threads)
-    res = pretrain(cfg, run)
-    with open(os.path.join(res.path, "metrics.jsonl")) as f:
-        ray_times = [json.loads(line)["step_time_s"] for line in f][warm:]
+    print(f"plain loop done: median step {statistics.median(plain):.3f} s", flush=True)
+    init_ray(cfg)
+    try:
+        res = pretrain(cfg, run)
+        with open(os.path.join(res.path, "metrics.jsonl")) as f:
+            ray_times = [json.loads(line)["step_time_s"] for line in f][warm:]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
     tokens = args.global_batch * args.seq
     tps_plain = tokens / statistics.median(plain)

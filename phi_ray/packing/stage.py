@@ -6,9 +6,9 @@ Two datasets are packed separately, each with a held-out validation split:
 - ``pack/finetune/{train,val}/``: exercises (prompt + completion), from ``decontam/exercises``
   when decontam is complete (and ``pack.use_decontaminated``), else ``synth/exercises``.
 
-Ray Data tokenizes (batched tokenizer calls in ``map_batches``) and sorts documents by a
-seeded hash of their id, which is the deterministic shuffle: the same inputs and seed give
-byte-identical shards whatever the cluster's block layout. The driver then streams the
+Ray Data tokenizes (batched tokenizer calls in ``map_batches`` tasks); documents are then
+sorted by a seeded hash of their id, which is the deterministic shuffle: the same inputs
+and seed give byte-identical shards whatever the cluster's block layout or task order. The driver then streams the
 sorted documents, joins them with ``<|endoftext|>`` into one token stream per split and cuts
 windows of ``seq_len + 1`` tokens with a stride of ``seq_len`` (consecutive windows share
 one token, so every token is a prediction target exactly once). A document goes wholly to
@@ -199,15 +199,13 @@ class _Packer:
 
 
 def _tokenized(cfg: Config, sources: list[Source]) -> Any:
-    """One Ray Dataset of tokenized documents from all sources, sorted by order key."""
+    """One Ray Dataset of tokenized documents from all sources (in no particular order)."""
     import ray.data
 
     parts = []
     for src in sources:
         cols = ["id", "content"] if src.kind == "content" else ["id", "prompt", "completion"]
-        # One block per file: Ray Data's default (>= 200 read blocks) makes the sort below
-        # an all-to-all of 200 x 200 tiny pieces, which dominates on small inputs.
-        ds = ray.data.read_parquet(src.files, columns=cols, override_num_blocks=len(src.files))
+        ds = ray.data.read_parquet(src.files, columns=cols)
         ds = ds.map_batches(
             _tokenize,
             fn_kwargs={
@@ -223,16 +221,36 @@ def _tokenized(cfg: Config, sources: list[Source]) -> Any:
             zero_copy_batch=True,
         )
         parts.append(ds)
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    ds = ds.sort("key")
-    ds.context.execution_options.preserve_order = True
-    return ds
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _sorted_docs(cfg: Config, sources: list[Source]) -> list[tuple[int, bool, str, np.ndarray]]:
+    """Tokenized documents as (order key, is_val, source, uint16 tokens), sorted by key.
+
+    The sort happens on the driver over compact uint16 arrays (2 bytes a token): a Ray Data
+    ``sort`` is an all-to-all shuffle that costs far more than it saves at the sizes one
+    packing node holds (phi-1's ~7B tokens are ~14 GB here).
+    """
+    from tqdm.auto import tqdm
+
+    docs = []
+    bar = tqdm(desc="tokenize", unit="doc", mininterval=2.0)
+    for batch in _tokenized(cfg, sources).iter_batches(batch_size=1024, batch_format="numpy"):
+        for key, toks, is_val, src in zip(
+            batch["key"], batch["tokens"], batch["val"], batch["source"], strict=True
+        ):
+            toks = np.asarray(toks)
+            if toks.size and int(toks.max()) > _UINT16_MAX:
+                raise ValueError(f"pack: token id {int(toks.max())} does not fit in uint16")
+            docs.append((int(key), bool(is_val), str(src), toks.astype(np.uint16)))
+        bar.update(len(batch["key"]))
+    bar.close()
+    docs.sort(key=lambda d: d[0])  # the seeded shuffle; keys are 63-bit hashes of ids
+    return docs
 
 
 def pack_dataset(cfg: Config, run: RunDir, sources: list[Source], out_root: str) -> dict:
     """Tokenize ``sources`` and write ``<out_root>/{train,val}/`` shards; returns manifests."""
-    from tqdm.auto import tqdm
-
     for split in SPLITS:
         run.fs.create_dir(run._fs_path(f"{out_root}/{split}"), recursive=True)
     packers = {
@@ -240,15 +258,11 @@ def pack_dataset(cfg: Config, run: RunDir, sources: list[Source], out_root: str)
         for s in SPLITS
     }
     empty = 0
-    bar = tqdm(desc=f"pack {os.path.basename(out_root)}", unit="doc", mininterval=2.0)
-    for batch in _tokenized(cfg, sources).iter_batches(batch_size=1024, batch_format="numpy"):
-        for toks, is_val, src in zip(batch["tokens"], batch["val"], batch["source"], strict=True):
-            if len(toks) == 0:
-                empty += 1
-                continue
-            packers["val" if is_val else "train"].add(np.asarray(toks), str(src))
-        bar.update(len(batch["key"]))
-    bar.close()
+    for _, is_val, src, toks in _sorted_docs(cfg, sources):
+        if toks.size == 0:
+            empty += 1
+            continue
+        packers["val" if is_val else "train"].add(toks, src)
     manifests = {s: p.close() for s, p in packers.items()}
     manifests["train"]["dropped"] = {"empty_text": empty}
     run.write_json(f"{out_root}/train/manifest.json", manifests["train"])
