@@ -20,6 +20,7 @@ the embedder's ``max_length`` are scored on their first ``max_length`` tokens.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from phi_ray.config import Config
+from phi_ray.config import Config, EmbedderConfig
 from phi_ray.quality import data
 from phi_ray.runs import RunDir, StageResult, resolve_fs
 from phi_ray.runtime import init_ray
@@ -131,6 +132,13 @@ def score_shards(cfg: Config, files: list[str], clf_dir: str, shards_dir: str) -
     return stats
 
 
+def _trained_embedder(clf_dir: str) -> EmbedderConfig:
+    from phi_ray.quality.classifier import META_FILE, _read_bytes
+
+    meta = json.loads(_read_bytes(f"{clf_dir}/{META_FILE}"))
+    return EmbedderConfig(**meta["embedder_config"])
+
+
 def _pipeline(cfg: Config, files: list[str], clf_dir: str) -> Any:
     """files -> read -> tokenize (CPU tasks) -> ScoreActor pool -> (file, id, quality, kept)."""
     q = cfg.quality
@@ -139,7 +147,8 @@ def _pipeline(cfg: Config, files: list[str], clf_dir: str) -> Any:
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
         data.tokenize_batch,
-        fn_kwargs={"embedder": q.embedder},
+        # Tokenize as the classifier's embedder does (its meta, not this run's config).
+        fn_kwargs={"embedder": _trained_embedder(clf_dir)},
         batch_format="pyarrow",
         batch_size=q.batch_rows,
     )

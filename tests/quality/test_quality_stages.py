@@ -173,12 +173,22 @@ def test_score_killed_midway_resumes_without_gaps(classified, ray_session, tmp_p
     overrides = [f"run.root={root}", "run.name=q", *OVERRIDES]
     cfg = load_config("tiny", overrides)
     run = RunDir.from_config(cfg)
+    # A longer corpus (the same upstream hashes, so the classifier stays valid): 40 shards,
+    # each taking long enough that the child is caught between two of them.
+    corpus = Path(run.path("ingest", "corpus"))
+    docs = pd.concat([docs.assign(content=docs["content"] + f"\n# copy {k}\n") for k in range(5)])
+    docs["id"] = [hashlib.sha256(t.encode()).hexdigest() for t in docs["content"]]
+    for f in corpus.glob("*.parquet"):
+        f.unlink()
+    table = pa.Table.from_pandas(docs.drop(columns=["_label"]), preserve_index=False)
+    for j, start in enumerate(range(0, len(docs), 15)):
+        pq.write_table(table.slice(start, 15), corpus / f"part-{j:05d}.parquet")
     shards = Path(f"{run.work_path('score')}/shards-{score_stage.stage_hash(cfg, run)}")
     env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     args = [sys.executable, str(REPO / "jobs/score.py")]
     for o in overrides:
         args += ["--set", o]
-    log = open(tmp_path / "score.log", "wb")  # noqa: SIM115 - the child writes it
+    log = open(tmp_path / "score.log", "wb")  # the child writes it
     proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     # Generous: on a loaded 2-core machine the child's imports and actor start take long.
