@@ -127,7 +127,6 @@ class Passes:
 
 def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
     """Run the passes; returns ``finish()`` kwargs (counts and stage metadata)."""
-    import ray
     from ray.data.expressions import col, lit
 
     _quiet_ray_data()
@@ -137,69 +136,82 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
     sources = [
         (src, read_source(src, ccfg.filters.max_bytes, i)) for i, src in enumerate(ccfg.sources)
     ]
-
-    tok = ray.put(tokenizer_spec())  # one copy in the object store for every worker
-
-    def write_docs(path: str) -> dict:
-        parts = [
-            ds.map_batches(
-                process_batch,
-                batch_format="pyarrow",
-                batch_size=ccfg.batch_size,
-                fn_kwargs={
-                    "filters": ccfg.filters,
-                    "dedup": ccfg.dedup,
-                    "bands": bands,
-                    "rows": rows,
-                    "is_code": is_code(src),
-                    "tokenizer": tok,
-                },
-            )
-            for src, ds in sources
-        ]
-        (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).write_parquet(path)
-        return {}
-
-    passes.run_pass("docs", write_docs)
+    passes.run_pass("docs", lambda path: _write_docs(ccfg, sources, bands, rows, path))
     docs = read_work(passes.path("docs"))
     tin = tally(docs.select_columns(["source", "drop", "n_tokens", "n_bytes"]), ["source", "drop"])
     _check_nonempty(ccfg, tin)
     kept = sum(v["files"] for (_, d), v in tin.items() if d == "")
     kept_bytes = sum(v["bytes"] for (_, d), v in tin.items() if d == "")
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     base = docs.filter(expr=col("drop") == lit(""))
     n_exact = kept
     if ccfg.dedup.exact and kept:
-        p = ccfg.dedup.num_partitions or max(cpus, math.ceil(kept_bytes / _BYTES_PER_PARTITION))
+        p = ccfg.dedup.num_partitions or _partitions(kept_bytes / _BYTES_PER_PARTITION)
         passes.run_pass("exact", lambda path: dedup.exact_dedup(base, p).write_parquet(path))
         base = read_work(passes.path("exact"))
         n_exact = base.count()  # from Parquet metadata, no data read
-    removed = np.zeros(0, dtype=np.uint64)
+    removed, near_meta = np.zeros(0, dtype=np.uint64), {}
     if ccfg.dedup.near and n_exact:
-        p = ccfg.dedup.num_partitions or max(cpus, math.ceil(n_exact * bands / _ROWS_PER_PARTITION))
-
-        def near(path: str) -> dict:
-            src, dst = dedup.collect_edges(dedup.near_duplicate_edges(base, p))
-            passes.save_array("near.npy", dedup.duplicates_to_remove(src, dst))
-            return {"edges": len(src)}
-
-        near_meta = passes.run_pass("near", near)
+        p = ccfg.dedup.num_partitions or _partitions(n_exact * bands / _ROWS_PER_PARTITION)
+        near_meta = passes.run_pass("near", lambda path: _near(base, p, passes))
         removed = passes.load_array("near.npy")
-    else:
-        near_meta = {}
-    if n_exact - len(removed) > 0:
-        ref = ray.put(removed)  # one shared copy in the object store, not one per task
-        base.map_batches(
-            _drop_removed, batch_format="pyarrow", fn_kwargs={"ref": ref}
-        ).write_parquet(
-            out_path, min_rows_per_file=ccfg.rows_per_file, max_rows_per_file=ccfg.rows_per_file
+    tout = _write_corpus(ccfg, base, removed, n_exact, passes, out_path)
+    return _summary(tin, tout, kept, n_exact, len(removed), bands, rows, near_meta, passes)
+
+
+def _write_docs(ccfg: CorpusConfig, sources: list, bands: int, rows: int, path: str) -> dict:
+    """Pass 1: every source through ``process_batch``, all rows written (dropped ones too)."""
+    import ray
+
+    tok = ray.put(tokenizer_spec())  # one copy in the object store for every worker
+    parts = [
+        ds.map_batches(
+            process_batch,
+            batch_format="pyarrow",
+            batch_size=ccfg.batch_size,
+            fn_kwargs={
+                "filters": ccfg.filters,
+                "dedup": ccfg.dedup,
+                "bands": bands,
+                "rows": rows,
+                "is_code": is_code(src),
+                "tokenizer": tok,
+            },
         )
-        tout = tally(read_work(out_path, columns=["source", "n_tokens"]), ["source"])
-    else:
+        for src, ds in sources
+    ]
+    (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).write_parquet(path)
+    return {}
+
+
+def _partitions(by_size: float) -> int:
+    """Hash partitions for a shuffle: enough for the data, at least one per CPU."""
+    import ray
+
+    return max(int(ray.cluster_resources().get("CPU", 1)), math.ceil(by_size), 1)
+
+
+def _near(base: Any, num_partitions: int, passes: Passes) -> dict:
+    """Pass 3: LSH edges -> connected components -> the uids to remove (saved)."""
+    src, dst = dedup.collect_edges(dedup.near_duplicate_edges(base, num_partitions))
+    passes.save_array("near.npy", dedup.duplicates_to_remove(src, dst))
+    return {"edges": len(src)}
+
+
+def _write_corpus(
+    ccfg: CorpusConfig, base: Any, removed: np.ndarray, n_exact: int, passes: Passes, out: str
+) -> dict:
+    """Pass 4: the survivors, projected to the output columns; returns the output tally."""
+    import ray
+
+    if n_exact - len(removed) <= 0:
         log.warning("ingest: every input was dropped; writing an empty corpus")
-        _write_empty(passes, out_path)
-        tout = {}
-    return _summary(ccfg, tin, tout, kept, n_exact, len(removed), bands, rows, near_meta, passes)
+        _write_empty(passes, out)
+        return {}
+    ref = ray.put(removed)  # one shared copy in the object store, not one per task
+    base.map_batches(_drop_removed, batch_format="pyarrow", fn_kwargs={"ref": ref}).write_parquet(
+        out, min_rows_per_file=ccfg.rows_per_file, max_rows_per_file=ccfg.rows_per_file
+    )
+    return tally(read_work(out, columns=["source", "n_tokens"]), ["source"])
 
 
 def _write_empty(passes: Passes, out_path: str) -> None:
@@ -272,7 +284,7 @@ def _check_nonempty(ccfg: CorpusConfig, tin: dict) -> None:
             )
 
 
-def _summary(ccfg, tin, tout, kept, n_exact, n_near, bands, rows, near_meta, passes) -> dict:
+def _summary(tin, tout, kept, n_exact, n_near, bands, rows, near_meta, passes) -> dict:
     drops = dict.fromkeys(REASONS, 0)
     for (_, d), v in tin.items():
         if d:
