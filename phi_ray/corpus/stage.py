@@ -129,7 +129,6 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
     """Run the passes; returns ``finish()`` kwargs (counts and stage metadata)."""
     from ray.data.expressions import col, lit
 
-    _quiet_ray_data()
     bands, rows = lsh_params(ccfg.dedup.threshold, ccfg.dedup.num_perm)
     # Listing happens here, on the driver, before any Ray work: a missing or empty source
     # fails fast with its name.
@@ -317,11 +316,3 @@ def _summary(tin, tout, kept, n_exact, n_near, bands, rows, near_meta, passes) -
         "lsh": {"bands": bands, "rows": rows, "edges": near_meta.get("edges", 0)},
         "pass_seconds": passes.timings,
     }
-
-
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = True  # the stage's long work: Ray Data's own progress bars
-    ctx.print_on_execution_start = False
