@@ -2,14 +2,15 @@
 
 The embedding pipeline is two operators so that CPUs and accelerators overlap:
 
-    read_parquet(id, content) -> tokenize (CPU tasks, fused with the read)
-                              -> embed / score (actor pool: concurrency x num_gpus)
+    corpus files -> read (``batch_rows`` rows at a time) + tokenize (CPU tasks)
+                 -> embed / score (actor pool: concurrency x num_gpus x num_cpus)
 
 Only token ids cross to the actors, never the file text, and actors keep the model
-resident across batches. Ray Data fuses the tokenize tasks into the actors when their
-resources match (CPU-only scoring: one process does it all, no copies); with
-``num_gpus > 0`` they stay separate CPU tasks that run ahead of the accelerators. Each Ray Data batch (``quality.batch_rows`` rows) is sorted by
-length inside the embedder into forward batches of ``embedder.batch_size``.
+resident across batches. Ray Data fuses the read/tokenize tasks into the actors when
+their resources match (CPU-only scoring: one process does it all, no copies); with
+``num_gpus > 0`` they stay separate CPU tasks that run ahead of the accelerators. Each
+actor call gets one reader block (rows of one file, never rows of several files bundled);
+the embedder sorts it by length into forward batches of ``embedder.batch_size``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def actor_args(q: QualityConfig) -> dict[str, Any]:
         "compute": ActorPoolStrategy(size=q.concurrency),
         "num_gpus": q.num_gpus or None,
         "num_cpus": q.num_cpus,
-        "batch_size": q.batch_rows,
+        # None: one reader block per call. A row count here would also set how many
+        # *files* a fused read task bundles (batch_rows files in one task, one shard burst).
+        "batch_size": None,
         "batch_format": "numpy",
     }

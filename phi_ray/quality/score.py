@@ -150,7 +150,7 @@ def _pipeline(cfg: Config, files: list[str], clf_dir: str) -> Any:
         # Tokenize as the classifier's embedder does (its meta, not this run's config).
         fn_kwargs={"embedder": _trained_embedder(clf_dir)},
         batch_format="pyarrow",
-        batch_size=q.batch_rows,
+        batch_size=None,  # per reader block (<= batch_rows rows of one file); see data.py
     )
     return ds.map_batches(
         data.ScoreActor,

@@ -126,7 +126,7 @@ def embed_labelled(
         data.tokenize_batch,
         fn_kwargs={"embedder": q.embedder},
         batch_format="pyarrow",
-        batch_size=q.batch_rows,
+        batch_size=None,  # per reader block (<= batch_rows rows of one file); see data.py
     )
     ds = ds.map_batches(
         data.EmbedActor,
