@@ -73,13 +73,19 @@ def funnel(run: RunDir) -> str | None:
         steps.append(("corpus out", ing.get("files_out", 0), ing.get("tokens_out", 0)))
     sc = done.get("score", {}).get("counts", {})
     if sc:
-        steps.append(
-            ("filtered (kept)", sc.get("files_out", sc.get("kept", 0)), sc.get("tokens_out", 0))
-        )
+        steps.append(("filtered (kept)", sc.get("rows_out", 0), sc.get("tokens_out", 0)))
     syn = done.get("synth", {}).get("counts", {})
     if syn:
-        steps.append(("textbooks", syn.get("textbooks_out", 0), syn.get("textbooks_tokens", 0)))
-        steps.append(("exercises", syn.get("exercises_out", 0), syn.get("exercises_tokens", 0)))
+        steps.append(("textbooks", syn.get("textbooks_kept", 0), 0))
+        steps.append(("exercises", syn.get("exercises_kept", 0), 0))
+    dec = done.get("decontam", {}).get("counts", {})
+    if dec:
+        steps.append(("exercises decontaminated", dec.get("kept", 0), 0))
+    pk = done.get("pack", {}).get("counts", {})
+    for phase in ("pretrain", "finetune") if pk else ():
+        windows = pk.get(f"{phase}_train_windows", 0) + pk.get(f"{phase}_val_windows", 0)
+        tokens = pk.get(f"{phase}_train_tokens", 0) + pk.get(f"{phase}_val_tokens", 0)
+        steps.append((f"packed {phase} (windows)", windows, tokens))
     html = ""
     if steps:
         labels = [s[0] for s in steps]
