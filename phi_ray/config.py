@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -255,7 +256,9 @@ class SynthConfig:
     mine_max_chars: int = 6000  # mined functions longer than this are dropped
     chunk_size: int = 5000  # prompts per LLM batch (progress and memory granularity)
     batch_size: int = 16  # rows per Ray Data validation batch
-    local_max: int = 256  # inputs (answers per chunk, filtered files) up to this run on the driver, not Ray Data
+    local_max: int = (
+        256  # inputs (answers per chunk, filtered files) up to this run on the driver, not Ray Data
+    )
     rows_per_file: int = 5000  # output Parquet rows per file
     diversity_max_rows: int = 5000  # larger sets are measured on a fixed sample
 
@@ -711,6 +714,16 @@ def preset_path(preset: str) -> Path:
     if not path.exists():
         raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(list_presets())}")
     return path
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """A path from a config: URIs and absolute or existing paths as given; a relative path
+    that does not exist here is looked up under the repository root (beside ``configs/``)."""
+    path = os.path.expanduser(os.fspath(path))
+    if "://" in path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    alt = CONFIG_DIR.parent / path
+    return str(alt) if alt.exists() else path
 
 
 def list_presets() -> list[str]:

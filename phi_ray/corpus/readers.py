@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from phi_ray.config import CONFIG_DIR, SourceConfig
+from phi_ray.config import SourceConfig, resolve_path
 from phi_ray.corpus import stackoverflow
 from phi_ray.corpus.filters import decode_bytes
 
@@ -66,14 +66,6 @@ class CorpusError(ValueError):
 
 def source_name(src: SourceConfig) -> str:
     return src.name or _DEFAULT_NAME[src.kind]
-
-
-def resolve_path(path: str) -> str:
-    """A config path: URI as is; relative paths against the current dir, else the repo."""
-    if "://" in path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    alt = CONFIG_DIR.parent / path
-    return str(alt) if alt.exists() else path
 
 
 def is_code(src: SourceConfig) -> bool:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phi_ray.config import resolve_path
+
 log = logging.getLogger("phi_ray.decontam")
 
 KNOWN = ("humaneval", "mbpp")
@@ -42,17 +44,6 @@ class Problem:
     solution: str  # the reference body (HumanEval) or the whole reference code (MBPP)
     code: str  # a complete, parseable reference: prompt + solution for HumanEval
     entry_point: str | None = None
-
-
-def resolve_path(path: str) -> Path:
-    """A config path, relative to the current directory, else to the repo root."""
-    from phi_ray.config import CONFIG_DIR
-
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    alt = CONFIG_DIR.parent / p
-    return alt if alt.exists() else p
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -181,14 +172,14 @@ def _mbpp_hub_rows(hub_id: str) -> list[dict]:
 def load_mbpp(path: str | None, hub_id: str) -> list[Problem]:
     """MBPP from a local JSONL when given (an error if it is missing), else from the hub."""
     if path:
-        p = resolve_path(path)
+        p = Path(resolve_path(path))
         return mbpp_format(read_jsonl(p), str(p))
     return mbpp_format(_mbpp_hub_rows(hub_id), f"hub:{hub_id}")
 
 
 def load_extra(path: str) -> list[Problem]:
     """A JSONL benchmark in HumanEval format; named after its file (``my_bench.jsonl``)."""
-    p = resolve_path(path)
+    p = Path(resolve_path(path))
     name = p.name.split(".")[0]
     return humaneval_format(read_jsonl(p), name, str(p))
 

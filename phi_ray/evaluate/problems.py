@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phi_ray.config import resolve_path
+
 MBPP_HUB_ID = "google-research-datasets/mbpp"
 MBPP_TEST_IDS = range(11, 511)  # the standard 500-problem test split
 
@@ -42,17 +44,6 @@ class Problem:
     def program(self, completion: str) -> str:
         """The program the sandbox runs, built as the reference harness builds it."""
         return self.prompt + completion + "\n" + self.test + "\n" + f"check({self.entry_point})"
-
-
-def resolve_path(path: str) -> Path:
-    """A config path: as given or relative to the current dir, else to the repo root."""
-    from phi_ray.config import CONFIG_DIR
-
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    alt = CONFIG_DIR.parent / p
-    return alt if alt.exists() else p
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -166,7 +157,7 @@ def _mbpp_hub_rows() -> list[dict[str, Any]]:
 def load_mbpp(path: str | None, split: str = "test") -> list[Problem]:
     """MBPP from a local JSONL, else the hub; ``split="test"`` keeps task ids 11-510."""
     if path:
-        p = resolve_path(path)
+        p = Path(resolve_path(path))
         rows, source = read_jsonl(p), str(p)
     else:
         rows, source = _mbpp_hub_rows(), f"hub:{MBPP_HUB_ID}"
@@ -184,7 +175,7 @@ def load_benchmark(name: str, ecfg: Any) -> list[Problem]:
     elif name == "mbpp":
         probs = load_mbpp(ecfg.mbpp_path, ecfg.mbpp_split)
     else:
-        p = resolve_path(name)
+        p = Path(resolve_path(name))
         probs = humaneval_rows(read_jsonl(p), str(p))
     return probs[: ecfg.limit] if ecfg.limit else probs
 

@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
-from phi_ray.config import Config
+from phi_ray.config import Config, resolve_path
 from phi_ray.evaluate.execute import execute_samples, read_samples, sandbox_from_config, summarize
 from phi_ray.evaluate.generate import ResumeLog, generate_endpoint, generate_hf
 from phi_ray.evaluate.problems import (
@@ -29,7 +30,6 @@ from phi_ray.evaluate.problems import (
     ProblemError,
     benchmark_name,
     load_benchmark,
-    resolve_path,
 )
 from phi_ray.runs import RunDir, StageResult
 from phi_ray.runtime import init_ray
@@ -42,14 +42,14 @@ def _source(cfg: Config, run: RunDir) -> tuple[str, str]:
     """("samples" | "endpoint" | "model", path or URL)."""
     e = cfg.evaluate
     if e.samples:
-        p = resolve_path(e.samples)
+        p = Path(resolve_path(e.samples))
         if not p.exists():
             raise FileNotFoundError(f"evaluate.samples: {p} does not exist")
         return "samples", str(p)
     if e.endpoint:
         return "endpoint", e.endpoint
     if e.model:
-        p = resolve_path(e.model)
+        p = Path(resolve_path(e.model))
         return "model", str(p) if p.exists() else e.model  # else a hub id
     for stage in ("finetune", "pretrain"):
         if run.is_complete(stage):

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from phi_ray.config import CONFIG_DIR, ConfigError
+from phi_ray.config import resolve_path as config_resolve_path
 
 _STOP = {"a", "an", "and", "the", "of", "in", "on", "to", "for", "with", "by", "vs", "using", "its"}
 
@@ -156,13 +157,10 @@ class TopicTree:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A config-relative path: as given if it exists, else under the repo root."""
-    p = Path(path)
+    """A config-relative path that must exist (see :func:`phi_ray.config.resolve_path`)."""
+    p = Path(config_resolve_path(path))
     if p.exists():
         return p
-    alt = CONFIG_DIR.parent / p
-    if not p.is_absolute() and alt.exists():
-        return alt
     raise ConfigError(f"{path}: no such file (looked in {Path.cwd()} and {CONFIG_DIR.parent})")
 
 
