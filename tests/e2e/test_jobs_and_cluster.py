@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,11 +83,20 @@ def local_head():
         f"--temp-dir={tmp}",
         "--disable-usage-stats",
     ]
-    subprocess.run(start, check=True, capture_output=True, timeout=120, env=env)
+    # Its own session: every daemon it spawns shares one process group, so teardown can stop
+    # this head alone. (`ray stop` would stop every Ray on the machine, the test session's too.)
+    proc = subprocess.Popen(
+        start, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out.decode()[-3000:]
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            time.sleep(2)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
