@@ -82,6 +82,20 @@ def local_head():
         "--num-cpus=2",
         f"--temp-dir={tmp}",
         "--disable-usage-stats",
+        # The test session's own Ray holds the agents' default ports (52365, ...): a head that
+        # reused them would come up without a job agent. Every port of this head is its own.
+        *(
+            f"--{flag}={_free_port()}"
+            for flag in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "ray-client-server-port",
+                "node-manager-port",
+                "object-manager-port",
+            )
+        ),
     ]
     # Its own session: every daemon it spawns shares one process group, so teardown can stop
     # this head alone. (`ray stop` would stop every Ray on the machine, the test session's too.)
