@@ -41,7 +41,8 @@ def _select(start: str | None, stop: str | None) -> list[str]:
 
 def resume_command(cfg: Config, stage: str, overrides: list[str] | None = None) -> str:
     sets = "".join(f" --set {o}" for o in overrides or [])
-    return f"phi-ray run --preset {cfg.preset} --run {cfg.run.name} --from {stage}{sets}"
+    root = "" if cfg.run.root == "runs" else f" --runs-dir {cfg.run.root}"
+    return f"phi-ray run --preset {cfg.preset} --run {cfg.run.name} --from {stage}{sets}{root}"
 
 
 def run_pipeline(

@@ -73,7 +73,10 @@ def test_failure_names_stage_and_resume(monkeypatch, tiny_cfg, ray_session):
         pipeline.run_pipeline(tiny_cfg, overrides=["x.y=1"], echo=lambda *_: None)
     msg = str(e.value)
     assert "stage 'classify' failed: RuntimeError: classify exploded" in msg
-    assert "phi-ray run --preset tiny --run t --from classify --set x.y=1" in msg
+    assert (
+        f"phi-ray run --preset tiny --run t --from classify --set x.y=1 --runs-dir {tiny_cfg.run.root}"
+        in msg
+    )
     assert calls == ["ingest", "annotate"]
 
 
