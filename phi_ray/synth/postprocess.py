@@ -151,3 +151,14 @@ def write_rows(
         table = pa.Table.from_pandas(part, schema=table_schema, preserve_index=False)
         pq.write_table(table, f"{d}/part-{i:05d}.parquet", filesystem=run.fs)
     return len(df)
+
+
+def dedup_and_cap(rows: list[dict], s: Any, kind: str, drops: Counter) -> list[dict]:
+    """Near-duplicate removal, then the configured cap of ``kind``; both counted in ``drops``."""
+    rows, dd = remove_duplicates(rows, s.near_dup_threshold, s.dedup_num_perm)
+    drops.update(dd)
+    cap = s.n_textbooks if kind == "textbooks" else s.n_exercises
+    if len(rows) > cap:
+        drops["over_limit"] += len(rows) - cap
+        rows = rows[:cap]
+    return rows

@@ -103,12 +103,7 @@ def finish_shards(
             for i, g, k in zip(t["id"], t["_sig"], t["sample_index"], strict=True)
         ]
     ids.sort(key=lambda r: r["sample_index"])
-    unique, dd = postprocess.remove_duplicates(ids, s.near_dup_threshold, s.dedup_num_perm)
-    drops.update(dd)
-    cap = s.n_textbooks if kind == "textbooks" else s.n_exercises
-    if len(unique) > cap:
-        drops["over_limit"] += len(unique) - cap
-        unique = unique[:cap]
+    unique = postprocess.dedup_and_cap(ids, s, kind, drops)
     keep = {r["sample_index"] for r in unique}  # sample indices: unique per row, unlike ids
     sample = set(
         random.Random(cfg.run.seed).sample(sorted(keep), min(len(keep), s.diversity_max_rows))

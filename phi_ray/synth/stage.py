@@ -56,12 +56,7 @@ def _carry_over(run: RunDir, out_dir: str, kind: str) -> bool:
 def _finish_kind(cfg: Config, kind: str, kept: list[dict[str, Any]], drops: Counter, tree):
     """Dedup, cap (mined only) and measure one kind; returns rows and its diversity report."""
     s = cfg.synth
-    kept, dd = postprocess.remove_duplicates(kept, s.near_dup_threshold, s.dedup_num_perm)
-    drops.update(dd)
-    cap = s.n_textbooks if kind == "textbooks" else s.n_exercises
-    if len(kept) > cap:
-        drops["over_limit"] += len(kept) - cap
-        kept = kept[:cap]
+    kept = postprocess.dedup_and_cap(kept, s, kind, drops)
     texts = [r["content"] if kind == "textbooks" else r["prompt"] + r["completion"] for r in kept]
     report = diversity.report(
         texts,
