@@ -190,10 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"phi-ray {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            f"phi-ray {args.command}: interrupted; rerun the same command to resume",
-            file=sys.stderr,
-        )
+        if args.command != "run":  # run_pipeline has printed the exact resume command
+            print(
+                f"phi-ray {args.command}: interrupted; rerun the same command to resume",
+                file=sys.stderr,
+            )
         return 130
     except Exception as e:  # a stage failure (e.g. an LLM budget stop): one clear line
         logging.getLogger("phi_ray").debug("failure", exc_info=True)

@@ -39,10 +39,13 @@ def _select(start: str | None, stop: str | None) -> list[str]:
     return ORDER[i:j]
 
 
-def resume_command(cfg: Config, stage: str, overrides: list[str] | None = None) -> str:
+def resume_command(
+    cfg: Config, stage: str, overrides: list[str] | None = None, stop: str | None = None
+) -> str:
+    to = f" --to {stop}" if stop else ""
     sets = "".join(f" --set {o}" for o in overrides or [])
     root = "" if cfg.run.root == "runs" else f" --runs-dir {cfg.run.root}"
-    return f"phi-ray run --preset {cfg.preset} --run {cfg.run.name} --from {stage}{sets}{root}"
+    return f"phi-ray run --preset {cfg.preset} --run {cfg.run.name} --from {stage}{to}{sets}{root}"
 
 
 def run_pipeline(
@@ -77,9 +80,11 @@ def run_pipeline(
         t0 = time.time()
         try:
             res = fn(cfg, run)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            detail = f" ({e})" if str(e) else ""
             echo(
-                f"[{stage.name}] interrupted; resume with:\n  {resume_command(cfg, stage.name, overrides)}"
+                f"[{stage.name}] interrupted{detail}; resume with:\n"
+                f"  {resume_command(cfg, stage.name, overrides, stop)}"
             )
             raise
         except Exception as e:
@@ -87,7 +92,7 @@ def run_pipeline(
             raise StageFailed(
                 f"stage '{stage.name}' failed: {type(e).__name__}: {e}\n"
                 f"{traceback.format_exc(limit=-3)}"
-                f"resume with:\n  {resume_command(cfg, stage.name, overrides)}"
+                f"resume with:\n  {resume_command(cfg, stage.name, overrides, stop)}"
             ) from e
         out.results[stage.name] = res
         if res.skipped:

@@ -13,7 +13,9 @@ def init_ray(cfg: Any | None = None, **kwargs: Any) -> None:
     """Connect to the cluster in ``run.ray_address`` / ``RAY_ADDRESS``, else start a local one.
 
     Idempotent: a process that already has Ray initialised keeps it (tests start one per
-    session). Local clusters get no dashboard and quiet logs.
+    session). Local clusters log at WARNING and keep the dashboard on 127.0.0.1: Ray
+    Train's placement-group cleaner asks the State API (served by the dashboard) whether its
+    controller lives, every second, and logs a warning each time the answer is missing.
     """
     import ray
 
@@ -26,7 +28,8 @@ def init_ray(cfg: Any | None = None, **kwargs: Any) -> None:
     num_cpus = cfg.run.num_cpus if cfg is not None else None
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         configure_logging=True,
         logging_level=logging.WARNING,
         **kwargs,

@@ -159,6 +159,8 @@ def train_loop(config: dict[str, Any]) -> None:
             state, best = ckpt.load(d, rank, model, optim)
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if rank == 0:  # reaches the driver's console through Ray's log forwarding
+            print(f"resuming from the step-{state['step']} checkpoint of {tc.max_steps} steps")
 
     train = TokenWindows(config["train_path"])
     val = TokenWindows(config["val_path"]) if config.get("val_path") else None

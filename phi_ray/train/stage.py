@@ -12,11 +12,14 @@ when ``keep_best``), ``<phase>/metrics.jsonl`` (one line per step), ``<phase>/_S
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from typing import Any
 
 from phi_ray.config import Config, TrainConfig
@@ -84,6 +87,26 @@ def make_trainer(cfg: Config, run: RunDir, phase: str, storage: str, name: str, 
     )
 
 
+@contextlib.contextmanager
+def _ctrl_c_is_an_interrupt(checkpoints: str):
+    """Make Ctrl-C during ``trainer.fit()`` a ``KeyboardInterrupt`` the pipeline can report.
+
+    Ray Train registers its own SIGINT handler inside ``fit()``: it aborts the controller,
+    and the driver's blocked ``ray.get`` then raises ``SystemExit``, which would end the
+    process with no word on how to resume. Ray also leaves that handler installed, so a
+    later Ctrl-C (during evaluate, say) would ``abort`` a dead controller and exit 0.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as e:
+        raise KeyboardInterrupt(f"its checkpoints are kept in {checkpoints}") from e
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _export(result: Any, cfg: Config, phase: str, out_dir: str) -> dict[str, Any]:
     """The final (or best) weights of the last checkpoint as ``<out_dir>/model``."""
     import torch
@@ -135,7 +158,8 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
             work,
         )
         try:
-            result = trainer.fit()
+            with _ctrl_c_is_an_interrupt(f"{work}/ray-{h}"):
+                result = trainer.fit()
         except Exception as e:  # TrainingFailedError and friends: say how to resume
             raise RuntimeError(
                 f"{phase} failed ({type(e).__name__}: {e}); its checkpoints are kept in "

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cluster_yaml_validates_with_ray():
@@ -59,63 +46,8 @@ def test_k8s_manifests_are_kuberay_resources():
     )
 
 
-@pytest.fixture
-def local_head():
-    """A real `ray start --head` on 127.0.0.1 in a temporary directory."""
-    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length cap
-    port, dash = _free_port(), _free_port()
-    # Ray 2.60 enables token auth for local clusters; give this head its own token, and the
-    # job client the same one, as a user of a secured cluster would.
-    token = Path(tmp) / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    start = [
-        RAY,
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        "--num-cpus=2",
-        f"--temp-dir={tmp}",
-        "--disable-usage-stats",
-        # The test session's own Ray holds the agents' default ports (52365, ...): a head that
-        # reused them would come up without a job agent. Every port of this head is its own.
-        *(
-            f"--{flag}={_free_port()}"
-            for flag in (
-                "dashboard-agent-listen-port",
-                "dashboard-agent-grpc-port",
-                "metrics-export-port",
-                "runtime-env-agent-port",
-                "ray-client-server-port",
-                "node-manager-port",
-                "object-manager-port",
-            )
-        ),
-    ]
-    # Its own session: every daemon it spawns shares one process group, so teardown can stop
-    # this head alone. (`ray stop` would stop every Ray on the machine, the test session's too.)
-    proc = subprocess.Popen(
-        start, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out.decode()[-3000:]
-    try:
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            time.sleep(2)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def test_ray_job_submit_runs_pipeline(local_head, tmp_path):
-    address, env = local_head
+    address, env = local_head.dashboard, local_head.env
     runs = tmp_path / "runs"
     job_id = f"phi-ray-test-{secrets.token_hex(4)}"
     cmd = [

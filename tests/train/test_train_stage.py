@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -43,7 +44,12 @@ def pretrained(ray_session, tmp_path_factory, tokenizer):
     )
     run = RunDir.from_config(cfg)
     write_pack(run, tokenizer)
-    return cfg, run, pretrain(cfg, run)
+    before = signal.getsignal(signal.SIGINT)
+    res = pretrain(cfg, run)
+    # Ray Train installs a SIGINT handler in fit() and leaves it; the stage puts ours back,
+    # so a Ctrl-C in a later stage is not sent to a finished trainer's controller.
+    assert signal.getsignal(signal.SIGINT) is before
+    return cfg, run, res
 
 
 def _metrics(stage_path):
