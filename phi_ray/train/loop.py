@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -159,8 +160,12 @@ def train_loop(config: dict[str, Any]) -> None:
             state, best = ckpt.load(d, rank, model, optim)
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        if rank == 0:  # reaches the driver's console through Ray's log forwarding
-            print(f"resuming from the step-{state['step']} checkpoint of {tc.max_steps} steps")
+        if rank == 0:  # to the driver's console by Ray's log forwarding (Train's patched
+            # print() would log it twice)
+            sys.stdout.write(
+                f"resuming at step {state['step']} of {tc.max_steps}, from its checkpoint\n"
+            )
+            sys.stdout.flush()
 
     train = TokenWindows(config["train_path"])
     val = TokenWindows(config["val_path"]) if config.get("val_path") else None

@@ -78,7 +78,8 @@ def test_ctrl_c_mid_pretrain_prints_a_resume_command_that_resumes(local_head, tm
     )
     out2 = again.stdout + again.stderr
     assert again.returncode == 0, out2[-3000:]
-    found = re.search(r"resuming from the step-(\d+) checkpoint", out2)
+    assert out2.count("resuming at step ") == 1, out2[-3000:]
+    found = re.search(r"resuming at step (\d+) of ", out2)
     assert found, out2[-3000:]
     resumed_at = int(found.group(1))
     assert EVERY <= resumed_at < STEPS
