@@ -218,4 +218,16 @@ def evaluate(
         "baseline": f"majority class ({'positive' if majority[:1].any() else 'negative'})",
         "baseline_f1": float(skm.f1_score(y, majority, zero_division=0)),
         "baseline_macro_f1": float(skm.f1_score(y, majority, average="macro", zero_division=0)),
+        "pr_curve": _pr_curve(y, probs) if both else None,
+    }
+
+
+def _pr_curve(y: np.ndarray, probs: np.ndarray, points: int = 200) -> dict[str, list[float]]:
+    """The held-out precision-recall curve, thinned to at most ``points`` for the report."""
+    precision, recall, thresholds = skm.precision_recall_curve(y, probs)
+    keep = np.unique(np.linspace(0, len(thresholds) - 1, min(points, len(thresholds))).astype(int))
+    return {
+        "precision": [round(float(v), 4) for v in precision[keep]],
+        "recall": [round(float(v), 4) for v in recall[keep]],
+        "thresholds": [round(float(v), 4) for v in thresholds[keep]],
     }

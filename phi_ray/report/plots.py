@@ -26,7 +26,11 @@ def bars(
     labels: Sequence[str], values: Sequence[float], title: str, ylabel: str = "", log: bool = False
 ) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(range(len(values)), values, color="#4c72b0")
+    drawn = ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.bar_label(drawn, labels=[f"{v:,.0f}" if v else "" for v in values], fontsize=7)
+    for i, v in enumerate(values):  # an empty step still says so (a log axis has no zero)
+        if not v:
+            ax.annotate("0", (i, 0.02), xycoords=("data", "axes fraction"), ha="center", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
@@ -58,16 +62,19 @@ def lines(
     xlabel: str = "step",
     ylabel: str = "",
     logy: bool = False,
+    point: tuple[float, float, str] | None = None,
 ) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, (x, y) in series.items():
         ax.plot(x, y, label=name)
+    if point is not None:  # one marked operating point, e.g. the chosen threshold
+        ax.plot([point[0]], [point[1]], "o", color="#c44e52", label=point[2])
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
-    if len(series) > 1:
+    if len(series) + (point is not None) > 1:
         ax.legend()
     return _img(fig)
 

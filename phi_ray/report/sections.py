@@ -4,7 +4,6 @@ when that stage has not run (the report then says so instead of showing an empty
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import pyarrow.dataset as pads
@@ -92,17 +91,72 @@ def funnel(run: RunDir) -> str | None:
         html += plots.bars(labels, [s[1] for s in steps], "files / rows per step", log=True)
         if any(s[2] for s in steps):
             html += plots.bars(labels, [s[2] for s in steps], "tokens per step", log=True)
+    flow = []
+    for stage, v in done.items():
+        counts = dict(_flat(v.get("counts", {})))
+        row = _flow_row(stage, counts)
+        if row:
+            flow.append((stage, *row, round(v.get("duration_s", 0.0), 1)))
+    if flow:
+        html += plots.table(
+            flow,
+            [
+                "stage",
+                "of",
+                "in",
+                "out",
+                "tokens in",
+                "tokens out",
+                "dropped, by reason",
+                "seconds",
+            ],
+        )
     rows = []
-    for s, v in done.items():
-        for k, val in _flat(v.get("counts", {})):
-            rows.append((s, k, val))
-        rows.append((s, "duration_s", v.get("duration_s", "")))
-    html += "<h3>Counts per stage (from each _SUCCESS.json), drop reasons included</h3>"
-    html += plots.table(rows, ["stage", "count", "value"])
+    for stage, v in done.items():
+        rows += [(stage, k, val) for k, val in _flat(v.get("counts", {}))]
+    html += (
+        "<details><summary>every count of every stage (from each _SUCCESS.json)</summary>"
+        + plots.table(rows, ["stage", "count", "value"])
+        + "</details>"
+    )
     missing = [s for s in ORDER if s not in done and s != "report"]
     if missing:
         html += f"<p class=note>Not run (or not finished) in this run: {', '.join(missing)}.</p>"
     return html
+
+
+# stage -> (what is counted, in, out, tokens in, tokens out): the count keys of its funnel row
+FLOW = {
+    "ingest": ("files", "files_in", "files_out", "tokens_in", "tokens_out"),
+    "annotate": ("files rated", "sampled", "labelled", None, None),
+    "classify": ("labels", "labels_in", "labels_joined", None, "tokens_embedded"),
+    "score": ("files", "rows_in", "rows_out", "tokens_in", "tokens_out"),
+    "synth": ("exercises", "exercises_generated", "exercises_kept", None, None),
+    "decontam": ("exercises", "rows_in", "kept", None, None),
+    "pack": ("pretrain windows", None, "pretrain_train_windows", None, "pretrain_train_tokens"),
+    "pretrain": ("optimizer steps", None, "steps", None, "tokens"),
+    "finetune": ("optimizer steps", None, "steps", None, "tokens"),
+    "evaluate": ("samples -> passed", "humaneval_samples", "humaneval_passed", None, None),
+}
+_DROP_WORDS = ("drop", "removed", "failed", "skipped")
+
+
+def _flow_row(stage: str, counts: dict[str, Any]) -> tuple | None:
+    keys = FLOW.get(stage)
+    if keys is None:
+        return None
+    cells = (keys[0], *("" if k is None else counts.get(k, "") for k in keys[1:]))
+    drops = [
+        (k.split(".")[-1].removeprefix("exercises_drop_").removeprefix("drops."), v)
+        for k, v in counts.items()
+        if any(w in k for w in _DROP_WORDS)
+        and isinstance(v, int | float)
+        and v
+        and not k.startswith("removed_tau")
+        and k not in ("files_dropped",)
+    ]
+    text = ", ".join(f"{k} {v:,}" for k, v in sorted(drops, key=lambda kv: -kv[1]))
+    return (*cells, text or "-")
 
 
 def annotation(run: RunDir) -> str | None:
@@ -118,6 +172,12 @@ def annotation(run: RunDir) -> str | None:
     cost = {k: v for k, v in _flat(succ) if "cost" in k or "usd" in k or "tokens" in k}
     if cost:
         html += plots.table(sorted(cost.items()), ["accounting", "value"])
+    elif succ.get("judge") == "heuristic":
+        html += (
+            "<p>Cost: $0, no LLM calls: the offline heuristic judge rated these files "
+            "(<code>llm.base_url</code> was not set). Set it for the paper's LLM judge; "
+            "<code>phi-ray estimate</code> prices that run.</p>"
+        )
     return html
 
 
@@ -131,17 +191,25 @@ def classifier(run: RunDir) -> str | None:
     )
     cm = m.get("confusion_matrix") or m.get("heldout", {}).get("confusion_matrix")
     if cm:
-        html += plots.matrix(cm, ["0", "1"], "confusion matrix (held out)")
+        html += plots.matrix(cm, ["low", "educational"], "confusion matrix (held out)")
     pr = m.get("pr_curve") or m.get("heldout", {}).get("pr_curve")
     if isinstance(pr, dict) and pr.get("precision") and pr.get("recall"):
+        at = None
+        if isinstance(m.get("recall"), float) and isinstance(m.get("precision"), float):
+            at = (m["recall"], m["precision"], f"threshold {m.get('threshold', 0):.3f}")
         html += plots.lines(
-            {"PR": (pr["recall"], pr["precision"])},
+            {"held out": (pr["recall"], pr["precision"])},
             "precision-recall (held out)",
             xlabel="recall",
             ylabel="precision",
+            point=at,
         )
     if meta:
-        html += plots.table([(k, v) for k, v in _flat(meta)], ["meta", "value"])
+        html += (
+            "<details><summary>classifier and embedder settings (meta.json)</summary>"
+            + plots.table([(k, v) for k, v in _flat(meta)], ["meta", "value"])
+            + "</details>"
+        )
     return html
 
 
@@ -183,7 +251,19 @@ def decontam(run: RunDir) -> str | None:
     html = ""
     if taus and any(removed):
         html += plots.bars([f"τ={t}" for t in taus], removed, "rows removed per τ")
-    html += plots.table(sorted(succ.items()), ["count", "value"])
+    if taus:
+        used = rep.get("use_tau")
+        html += plots.table(
+            [
+                (f"{t:g}" + (" (used)" if t == used else ""), r)
+                for t, r in zip(taus, removed, strict=True)
+            ],
+            ["τ (embedding+AST similarity)", "rows removed"],
+        )
+    html += plots.table(
+        sorted((k, v) for k, v in succ.items() if not k.startswith("removed_tau")),
+        ["count", "value"],
+    )
     split = _read_json(run, "decontam", "humaneval_split.json")
     if split:
         html += (
@@ -213,46 +293,74 @@ def training(run: RunDir, stage: str) -> str | None:
     return html
 
 
+def _pass_keys(summaries: list[dict]) -> list[str]:
+    ks = {k for s in summaries for k in s if k.startswith("pass@")}
+    return sorted(ks, key=lambda k: int(k.split("@")[1]))
+
+
 def evaluation(run: RunDir) -> str | None:
     succ = run.read_success("evaluate")
     if not succ:
         return None
-    rows = []
+    found = {}
     for bench in ("humaneval", "mbpp"):
         s = _read_json(run, "evaluate", bench, "summary.json")
-        if not s:
-            continue
-        ours = {k: v for k, v in s.items() if k.startswith("pass@")}
-        paper = {m: v.get(bench) for m, v in PAPER_PASS1.items()}
-        p1 = ours.get("pass@1")
+        if s:
+            found[bench] = s
+    if not found:
+        return None
+    ks = _pass_keys(list(found.values())) or ["pass@1"]
+
+    def pct(v: Any) -> Any:
+        return "" if v is None else round(100 * v, 2)
+
+    rows = []
+    for bench, s in found.items():
+        paper = [PAPER_PASS1[m].get(bench) for m in PAPER_PASS1]
         rows.append(
             (
                 bench,
                 s.get("problems", s.get("n_problems", "")),
-                "" if p1 is None else round(100 * p1, 2),
-                *("" if v is None else v for v in paper.values()),
+                *(pct(s.get(k)) for k in ks),
+                *("" if v is None else v for v in paper),
             )
         )
         for split, vals in (s.get("split") or {}).items():
-            v = vals.get("pass@1")
             rows.append(
                 (
-                    f"{bench} ({split})",
+                    f"{bench} ({split.replace('_', '-')})",
                     vals.get("problems", ""),
-                    "" if v is None else round(100 * v, 2),
-                    "",
-                    "",
-                    "",
+                    *(pct(vals.get(k)) for k in ks),
+                    *([""] * len(PAPER_PASS1)),
                 )
             )
-    if not rows:
-        return None
-    return plots.table(
-        rows, ["benchmark", "problems", "this run pass@1 %", *(f"paper {m}" for m in PAPER_PASS1)]
+    html = plots.table(
+        rows,
+        [
+            "benchmark",
+            "problems",
+            *(f"this run {k} %" for k in ks),
+            *(f"paper {m} pass@1 %" for m in PAPER_PASS1),
+        ],
     )
+    outcomes = [
+        (bench, k, v) for bench, s in found.items() for k, v in (s.get("outcomes") or {}).items()
+    ]
+    if outcomes:
+        html += "<p>How the failing samples ended (sandboxed execution):</p>"
+        html += plots.table(
+            sorted(outcomes, key=lambda r: -r[2]), ["benchmark", "outcome", "samples"]
+        )
+    split = any("split" in s for s in found.values())
+    if split:
+        html += (
+            "<p class=note>similar / non-similar: HumanEval problems with / without a near "
+            "match in the finetuning exercises (the paper's section 5 split, from decontam).</p>"
+        )
+    return html
 
 
-def costs(run: RunDir) -> str | None:
+def costs(run: RunDir, cfg: Any = None) -> str | None:
     rows = []
     total = 0.0
     for s in ORDER:
@@ -265,14 +373,39 @@ def costs(run: RunDir) -> str | None:
         rows.append((s, round(succ.get("duration_s", 0.0), 1), round(spent, 4)))
     if not rows:
         return None
-    est = _read_json(run, "estimate.json")
-    html = plots.table(
+    html = "<h3>This run</h3>" + plots.table(
         [*rows, ("total", round(sum(r[1] for r in rows), 1), round(total, 4))],
         ["stage", "wall seconds", "LLM USD"],
     )
-    if est and not math.isnan(est.get("total_usd", float("nan"))):
-        html += (
-            f"<p>`phi-ray estimate` for this preset: ${est['total_usd']:,.2f} "
-            f"({est.get('gpu_hours', 0):,.1f} GPU-hours at cluster scale).</p>"
-        )
+    if cfg is not None:
+        html += _estimate_table(cfg, run)
     return html
+
+
+def _estimate_table(cfg: Any, run: RunDir) -> str:
+    """What this preset costs on the configured cluster prices (``phi-ray estimate``)."""
+    from phi_ray.report.estimate import estimate
+
+    measured = ((run.read_success("ingest") or {}).get("counts") or {}).get("tokens_out")
+    try:
+        lines = estimate(cfg, float(measured) if measured else None)
+    except ValueError as e:  # e.g. a model with no price: say so rather than fail the report
+        return f"<p class=note>No estimate: {e}</p>"
+    e = cfg.estimate
+    rows = [(ln.item, int(ln.tokens), ln.gpu_hours, ln.usd, ln.detail) for ln in lines]
+    rows.append(
+        (
+            "total",
+            "",
+            sum(ln.gpu_hours for ln in lines),
+            sum(ln.usd for ln in lines),
+            f"${e.gpu_hour_usd}/GPU-hour, MFU {e.assumed_mfu:.0%} of {e.gpu_peak_tflops:g} TFLOP/s",
+        )
+    )
+    return (
+        f"<h3>Estimate for the {cfg.preset} preset at cluster prices (phi-ray estimate)</h3>"
+        + plots.table(rows, ["item", "tokens", "GPU-hours", "USD", "from"])
+        + "<p class=note>For scale: the paper's phi-1 run (770 A100-hours of pretraining, "
+        "GPT-4 annotation, GPT-3.5 textbooks and exercises) is put at about $6,500; "
+        "<code>phi-ray estimate --preset phi1</code> prices that recipe with these formulas.</p>"
+    )

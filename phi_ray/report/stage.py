@@ -23,7 +23,7 @@ details pre{font-size:12px;background:#f8f8f8;padding:1em;overflow:auto}
 """
 
 
-def _sections(run: RunDir) -> list[tuple[str, str | None]]:
+def _sections(cfg: Config, run: RunDir) -> list[tuple[str, str | None]]:
     return [
         ("Funnel: files and tokens through the pipeline", sections.funnel(run)),
         ("Annotation: score distribution and cost", sections.annotation(run)),
@@ -34,7 +34,7 @@ def _sections(run: RunDir) -> list[tuple[str, str | None]]:
         ("Pretraining", sections.training(run, "pretrain")),
         ("Finetuning", sections.training(run, "finetune")),
         ("Evaluation: pass@k beside the paper", sections.evaluation(run)),
-        ("Cost and time", sections.costs(run)),
+        ("Cost and time", sections.costs(run, cfg)),
     ]
 
 
@@ -42,7 +42,7 @@ def render(cfg: Config, run: RunDir) -> tuple[str, int]:
     """The page, and how many sections had data."""
     parts = []
     filled = 0
-    for title, body in _sections(run):
+    for title, body in _sections(cfg, run):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if body is None:
             parts.append("<p class=note>This stage has not run in this run.</p>")
