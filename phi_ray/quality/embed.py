@@ -116,7 +116,7 @@ def tokenize_head(tokenizer: Any, texts: Sequence[str], max_length: int) -> list
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
-    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
     return [list(x) for x in enc["input_ids"]]
 
 
