@@ -143,6 +143,11 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     measured = ingest.get("counts", {}).get("tokens_out")
     lines = estimate(cfg, float(measured) if measured else None)
     print(format_table(lines, cfg))
+    if not any(ln.gpu_hours == 0 for ln in lines):
+        print(
+            "(no LLM lines: with llm.base_url unset, annotate and synth run their offline "
+            "fallbacks; add --set llm.base_url=URL to price the paper's LLM stages)"
+        )
     if measured:
         print(f"(corpus tokens from this run's ingest stage: {measured:,})")
     path = run.path("estimate.json")
