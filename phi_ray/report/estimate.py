@@ -120,6 +120,17 @@ def estimate(cfg: Config, corpus_tokens: float | None = None) -> list[Line]:
     return lines
 
 
+def measured_corpus_tokens(run: RunDir) -> int | None:
+    """The corpus tokens a finished ingest stage counted; they win over the configured size."""
+    return ((run.read_success("ingest") or {}).get("counts") or {}).get("tokens_out")
+
+
+def basis(cfg: Config) -> str:
+    """The prices and efficiency behind every GPU line, as one phrase."""
+    e = cfg.estimate
+    return f"${e.gpu_hour_usd}/GPU-hour, MFU {e.assumed_mfu:.0%} of {e.gpu_peak_tflops:.0f} TFLOP/s"
+
+
 def format_table(lines: list[Line], cfg: Config) -> str:
     rows = [f"{'item':<16} {'tokens':>14} {'GPU-hours':>10} {'USD':>11}  detail"]
     for ln in lines:
@@ -131,16 +142,14 @@ def format_table(lines: list[Line], cfg: Config) -> str:
     hours = sum(ln.gpu_hours for ln in lines)
     rows.append(
         f"{'total':<16} {'':>14} {hours:>10,.1f} {llm + gpu:>11,.2f}  "
-        f"LLM ${llm:,.2f} + GPU ${gpu:,.2f} (${cfg.estimate.gpu_hour_usd}/GPU-hour, "
-        f"MFU {cfg.estimate.assumed_mfu:.0%} of {cfg.estimate.gpu_peak_tflops:.0f} TFLOP/s)"
+        f"LLM ${llm:,.2f} + GPU ${gpu:,.2f} ({basis(cfg)})"
     )
     return "\n".join(rows)
 
 
 def run(cfg: Config, run: RunDir) -> StageResult:
     """Print the estimate and write ``<run>/estimate.json``."""
-    ingest = run.read_success("ingest") or {}
-    measured = ingest.get("counts", {}).get("tokens_out")
+    measured = measured_corpus_tokens(run)
     lines = estimate(cfg, float(measured) if measured else None)
     print(format_table(lines, cfg))
     if not any(ln.gpu_hours == 0 for ln in lines):

@@ -147,7 +147,7 @@ def _flow_row(stage: str, counts: dict[str, Any]) -> tuple | None:
         return None
     cells = (keys[0], *("" if k is None else counts.get(k, "") for k in keys[1:]))
     drops = [
-        (k.split(".")[-1].removeprefix("exercises_drop_").removeprefix("drops."), v)
+        (k.split(".")[-1].removeprefix("exercises_drop_"), v)
         for k, v in counts.items()
         if any(w in k for w in _DROP_WORDS)
         and isinstance(v, int | float)
@@ -360,7 +360,7 @@ def evaluation(run: RunDir) -> str | None:
     return html
 
 
-def costs(run: RunDir, cfg: Any = None) -> str | None:
+def costs(run: RunDir, cfg: Any) -> str | None:
     rows = []
     total = 0.0
     for s in ORDER:
@@ -377,21 +377,18 @@ def costs(run: RunDir, cfg: Any = None) -> str | None:
         [*rows, ("total", round(sum(r[1] for r in rows), 1), round(total, 4))],
         ["stage", "wall seconds", "LLM USD"],
     )
-    if cfg is not None:
-        html += _estimate_table(cfg, run)
-    return html
+    return html + _estimate_table(cfg, run)
 
 
 def _estimate_table(cfg: Any, run: RunDir) -> str:
     """What this preset costs on the configured cluster prices (``phi-ray estimate``)."""
-    from phi_ray.report.estimate import estimate
+    from phi_ray.report.estimate import basis, estimate, measured_corpus_tokens
 
-    measured = ((run.read_success("ingest") or {}).get("counts") or {}).get("tokens_out")
+    measured = measured_corpus_tokens(run)
     try:
         lines = estimate(cfg, float(measured) if measured else None)
     except ValueError as e:  # e.g. a model with no price: say so rather than fail the report
         return f"<p class=note>No estimate: {e}</p>"
-    e = cfg.estimate
     rows = [(ln.item, int(ln.tokens), ln.gpu_hours, ln.usd, ln.detail) for ln in lines]
     rows.append(
         (
@@ -399,7 +396,7 @@ def _estimate_table(cfg: Any, run: RunDir) -> str:
             "",
             sum(ln.gpu_hours for ln in lines),
             sum(ln.usd for ln in lines),
-            f"${e.gpu_hour_usd}/GPU-hour, MFU {e.assumed_mfu:.0%} of {e.gpu_peak_tflops:g} TFLOP/s",
+            basis(cfg),
         )
     )
     return (
