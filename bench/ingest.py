@@ -12,8 +12,9 @@ verbatim, every 7th also as an edited fork, so both dedup steps have work), then
   ``--cpus`` CPUs, started before the clock (a cluster outlives one stage).
 
 Then both again on a corpus ``--scale`` times larger (the speed-up once Ray Data's fixed
-per-pass costs are amortised), and peak memory, which should not grow with the corpus: peak RSS of the driver and of the whole Ray node (driver,
-raylet, GCS, workers; sampled every 0.1 s) for both sizes.
+per-pass costs are amortised), and peak memory, which should not grow with the corpus:
+peak RSS of the driver and of the whole Ray node (driver, raylet, GCS, workers; sampled
+every 0.1 s) for both sizes.
 """
 
 from __future__ import annotations
@@ -171,6 +172,12 @@ def run_stage(src: Path, runs: Path, name: str):
     return run(cfg, RunDir.from_config(cfg))
 
 
+def _same_work(stage_counts: dict, base: dict) -> None:
+    """Both sides kept and removed the same files, so their times compare the same work."""
+    keys = ("files_out", "removed_exact", "removed_near")
+    assert [stage_counts[k] for k in keys] == [base[k] for k in keys], (stage_counts, base)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=500, help="stdlib files in the 1x corpus")
@@ -222,11 +229,7 @@ def main() -> None:
         ray.shutdown()
 
         c1 = r1.counts
-        assert (c1["files_out"], c1["removed_exact"], c1["removed_near"]) == (
-            b["files_out"],
-            b["removed_exact"],
-            b["removed_near"],
-        ), (c1, b)
+        _same_work(c1, b)
         print("\n== throughput, same files, same work (1x corpus) ==")
         print(
             f"baseline (1 process loop): {t_base:7.2f} s  {n_small / t_base:7.1f} files/s  {mb / t_base:6.2f} MB/s"
@@ -245,12 +248,7 @@ def main() -> None:
             f"kept {r5.counts['files_out']}, exact dups {r5.counts['removed_exact']}, "
             f"near dups {r5.counts['removed_near']}"
         )
-        c5 = r5.counts
-        assert (c5["files_out"], c5["removed_exact"], c5["removed_near"]) == (
-            b5["files_out"],
-            b5["removed_exact"],
-            b5["removed_near"],
-        ), (c5, b5)
+        _same_work(r5.counts, b5)
         print(
             f"baseline on the {args.scale}x corpus: {t_base5:.2f} s, {n_big / t_base5:.1f} files/s; "
             f"speed-up at {args.scale}x: {t_base5 / t_ray5:.2f}x (Ray Data's fixed costs amortised)"
