@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import yaml
+from conftest import RAY
 
 REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 def test_cluster_yaml_validates_with_ray():

@@ -7,6 +7,7 @@ wiring between stages (each reading the one before's outputs) under test in minu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from train_fixtures import TINY
@@ -53,7 +54,8 @@ def test_every_stage_runs_then_the_rerun_skips_them_all(ray_session, tmp_path):
     assert counts["pack"]["pretrain_train_windows"] > 0 < counts["pack"]["finetune_train_windows"]
     assert counts["pretrain"]["steps"] == 4 and counts["finetune"]["steps"] == 2
     assert (
-        json.loads(open(run.path("evaluate", "humaneval", "summary.json")).read())["problems"] == 3
+        json.loads(Path(run.path("evaluate", "humaneval", "summary.json")).read_text())["problems"]
+        == 3
     )
     assert counts["report"]["sections_filled"] == 10  # every section from this run's artifacts
 
