@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +38,24 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+# Run names become a directory and a path segment of object-store URIs: `?`, `#`, `%` or a
+# space would change the URI's meaning (query, fragment), `/` or `..` would leave the root.
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str, key: str = "run.name") -> str:
+    """``name`` if it is a safe run name (letters, digits, ``._-``; not starting with ``.`` or
+    ``-``; no ``..``; at most 128 characters), else a :class:`ConfigError` naming it."""
+    ok = isinstance(name, str) and _RUN_NAME.fullmatch(name) is not None and ".." not in name
+    _check(
+        ok,
+        key,
+        f"{name!r} is not a valid run name: use letters, digits, '.', '_' and '-' "
+        "(starting with a letter or digit, no '..', at most 128 characters)",
+    )
+    return name
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -48,6 +68,9 @@ class RunConfig:
     seed: int = 1234
     ray_address: str | None = None  # None: RAY_ADDRESS env var, else a local cluster
     num_cpus: int | None = None  # for a local cluster only
+
+    def __post_init__(self) -> None:
+        check_run_name(self.name, "name")  # _build prefixes the section
 
 
 @dataclass
@@ -332,9 +355,13 @@ class PackConfig:
     use_decontaminated: bool = True  # finetune on decontam's pruned exercises when present
     tokenize_batch_size: int = 256  # documents per batched tokenizer call (Ray Data map_batches)
     tokenize_concurrency: int | None = None  # tokenizer actors; None: Ray Data decides
+    # Tokens one packing task sorts and cuts (one key range of one split, in one worker's
+    # memory: ~6 bytes a token). Bounds every process's memory whatever the corpus size.
+    tokens_per_partition: int = 64_000_000
 
     def __post_init__(self) -> None:
         _check(self.seq_len > 0, "seq_len", "must be > 0")
+        _check(self.tokens_per_partition > 0, "tokens_per_partition", "must be > 0")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
         _check(self.windows_per_shard > 0, "windows_per_shard", "must be > 0")
         _check(self.tokenize_batch_size > 0, "tokenize_batch_size", "must be > 0")
@@ -360,6 +387,8 @@ class ModelConfig:
     resid_dropout: float = 0.0
     embd_dropout: float = 0.0
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    # gelu_pytorch_tanh: phi-1's gelu_new in one kernel (same function; see model/phi.py)
+    activation: Literal["gelu_pytorch_tanh", "gelu_new"] = "gelu_pytorch_tanh"
 
     def __post_init__(self) -> None:
         _check(self.hidden_size % self.n_head == 0, "hidden_size", "must be divisible by n_head")
@@ -403,6 +432,12 @@ class TrainConfig:
     keep_checkpoints: int = 2  # Ray Train checkpoints kept (latest first)
     init_from: str | None = None  # HF model dir to start from; finetune: None = pretrain/model
     progress: bool = True  # a progress bar on the driver when it runs in a terminal
+    tensorboard: bool = True  # event files in <run>/tensorboard/<phase>/<hash>/ (rank 0)
+    wandb_project: str | None = None  # also log to W&B (when the wandb package is installed)
+    # The step (phi_ray/train/loop.py, phi_ray/plan): torch.compile per decoder layer (auto: on
+    # CUDA only) and activation checkpointing per layer (selective: keep matmul outputs).
+    compile: Literal["auto", "on", "off"] = "auto"
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", "must be > 0")
@@ -689,20 +724,113 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+# A preset is a few hundred nodes; aliases are counted each time they are used, so a
+# "billion laughs" document (a few hundred bytes, 9**9 nodes once expanded) is refused
+# before anything walks it.
+MAX_YAML_NODES = 100_000
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for kv in node.value for n in kv]
+    return []
+
+
+def _check_expanded_size(root: yaml.Node, where: str) -> None:
+    """Refuse a document whose alias-expanded node count passes :data:`MAX_YAML_NODES`.
+
+    Each distinct node is sized once (memoised, iterative: no recursion on deep input), so
+    the check costs the document's size, not its expansion. A recursive alias is refused.
+    """
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are being sized: the current DFS path
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        k = id(node)
+        if children_done:
+            open_.discard(k)
+            size[k] = 1 + sum(size[id(c)] for c in _yaml_children(node))
+            if size[k] > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{where}: more than {MAX_YAML_NODES} YAML nodes once aliases are "
+                    "expanded; refusing it (an alias bomb?)"
+                )
+        elif k not in size:
+            if k in open_:
+                raise ConfigError(f"{where}: a YAML alias refers to a node that contains it")
+            open_.add(k)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _yaml_children(node) if id(c) not in size)
+
+
+class _Bounded:
+    """Loader mixin: refuse a document too large once its aliases are expanded."""
+
+    where = "<yaml>"
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()  # type: ignore[misc]
+        if node is not None:
+            _check_expanded_size(node, self.where)
+        return node
+
+
+class _BoundedSafeLoader(_Bounded, yaml.SafeLoader):
+    """``yaml.SafeLoader``, bounded: preset files."""
+
+
+class _BoundedTextLoader(_Bounded, yaml.BaseLoader):
+    """``yaml.BaseLoader``, bounded: every scalar stays a string (for ``--set``, where the
+    target field's type, not YAML's guess, decides what ``on`` or ``2024`` is)."""
+
+
+def load_yaml(text: str, where: str, *, typed: bool = True) -> Any:
+    """Parse YAML text with aliases bounded and deep nesting caught; errors name ``where``.
+
+    ``typed=False`` keeps every scalar a string (``yaml.BaseLoader``)."""
+    loader = (_BoundedSafeLoader if typed else _BoundedTextLoader)(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset file with its ``extends:`` parents merged under it (``chain``: the files
+    that extend this one, to name an ``extends`` cycle instead of recursing forever)."""
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    real = path.resolve()
+    if real in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(real) :], real))
+        raise ConfigError(f"{path}: extends cycle: {cycle}")
+    data = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     parent = data.pop("extends", None)
     if parent is not None:
-        base = _read_yaml(preset_path(parent))
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}: extends: expected a preset name or YAML path")
+        base = _read_yaml(_parent_path(parent, path), (*chain, real))
         data = _deep_merge(base, data)
     return data
+
+
+def _parent_path(parent: str, child: Path) -> Path:
+    """``extends:`` target: a relative YAML path is taken beside the file that names it
+    (else from the working directory, as before); a name is a preset."""
+    p = Path(parent)
+    if p.suffix in (".yaml", ".yml") and not p.is_absolute() and (child.parent / p).exists():
+        return child.parent / p
+    return preset_path(parent)
 
 
 def preset_path(preset: str) -> Path:
@@ -730,19 +858,108 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+_NULLS = ("null", "None")  # what `--set` takes as None, for a field that allows None
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``section.key=value`` -> (["section", "key"], parsed YAML scalar)."""
+    """``section.key=value`` -> (["section", "key"], value typed by the field it sets).
+
+    The target field's type decides how the text is read, never a YAML guess: a ``str``
+    field takes the text as it is (``run.name=2024``, ``on``, ``~``, ``a #b`` stay strings),
+    ``int`` / ``float`` / ``bool`` fields parse it strictly (an error names the key), lists,
+    mappings and sections are YAML flow text whose scalars are then read by their own
+    fields' types; ``null`` (or ``None``) sets a field that allows None. A key this config
+    does not have is left for :func:`_build` to report with the keys it does have.
+    """
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if len(parts) < 2:
         raise ConfigError(f"--set {item!r}: key must be section.key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return parts, value
+    tp = _field_type(parts)
+    if tp is None:
+        return parts, load_yaml(raw, f"--set {key}") if raw.strip() else ""
+    return parts, _from_text(raw, tp, ".".join(parts))
+
+
+def _field_type(parts: list[str]) -> Any | None:
+    """The annotation of the config field ``parts`` names, or None when there is none."""
+    tp: Any = Config
+    for p in parts:
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if p not in hints:
+                return None
+            tp = hints[p]
+        elif get_origin(tp) is dict:
+            tp = (get_args(tp) or (Any, Any))[1]
+        else:
+            return None
+    return tp
+
+
+def _from_text(value: Any, tp: Any, key: str) -> Any:
+    """Text (or YAML flow text already split into lists / mappings of strings) -> the value
+    ``tp`` wants; what does not fit is returned as is for :func:`_coerce` to reject."""
+    origin = get_origin(tp)
+    structured = origin in (list, dict) or dataclasses.is_dataclass(tp)
+    if isinstance(value, str) and structured:
+        value = load_yaml(value, f"--set {key}", typed=False)
+    if tp is Any:
+        return load_yaml(value, f"--set {key}") if isinstance(value, str) else value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value in _NULLS and type(None) in args:
+            return None
+        arms = [a for a in args if a is not type(None)]
+        for a in arms:
+            try:
+                return _coerce(_from_text(value, a, key), a, key)
+            except ConfigError:
+                if a is arms[-1]:
+                    raise
+        return value
+    if origin is list and isinstance(value, list):
+        (inner,) = get_args(tp) or (Any,)
+        return [_from_text(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_from_text(k, kt, key): _from_text(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        return {
+            k: _from_text(v, hints[k], f"{key}.{k}") if k in hints else v for k, v in value.items()
+        }
+    if not isinstance(value, str):
+        return value
+    if origin is Literal:
+        return next((o for o in get_args(tp) if str(o) == value), value)
+    return _scalar_from_text(value, tp, key)
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def _scalar_from_text(text: str, tp: Any, key: str) -> Any:
+    if tp is bool:
+        b = _BOOLS.get(text.strip().lower())
+        _check(b is not None, key, f"expected true/false, got {text!r}")
+        return b
+    if tp is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            x = float(text.strip())
+        except ValueError:
+            x = math.nan
+        _check(not math.isnan(x), key, f"expected a number, got {text!r}")
+        return x
+    return text  # str: the text as given
 
 
 def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> Config:
@@ -750,15 +967,15 @@ def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> Con
     path = preset_path(preset)
     data = _read_yaml(path)
     data.setdefault("preset", path.stem)
-    for item in overrides or []:
-        parts, value = parse_override(item)
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[parts[-1]] = value
     try:
+        for item in overrides or []:
+            parts, value = parse_override(item)
+            node = data
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {item!r}: {p} is not a section")
+            node[parts[-1]] = value
         return _build(Config, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -27,6 +27,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from phi_ray.config import check_run_name
+
 SUCCESS = "_SUCCESS.json"
 _VERSIONED = ("phi-ray", "ray", "torch", "transformers", "scikit-learn", "pyarrow", "openai")
 
@@ -68,9 +70,7 @@ class RunDir:
     """One run: ``<root>/<name>``, local or on an object store."""
 
     def __init__(self, root: str, name: str) -> None:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"run name {name!r}: must be a plain directory name")
-        self.name = name
+        self.name = check_run_name(name)
         self.uri = _join(root, name) if "://" in root else os.path.join(os.path.abspath(root), name)
         self.fs, self.base = resolve_fs(self.uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -113,16 +113,38 @@ class RunDir:
         s = self.read_success(stage)
         return s is not None and (config_hash is None or s.get("config_hash") == config_hash)
 
-    def config_hash(
-        self, cfg: Any, sections: tuple[str, ...], upstream: tuple[str, ...] = ()
-    ) -> str:
-        """The hash a stage records: its config sections plus its inputs' own hashes.
+    def output_fingerprint(self, stage: str) -> str:
+        """A fingerprint of a finished stage's output: the sha256 of its ``_SUCCESS.json``.
 
-        Folding in the upstream stages' ``config_hash`` makes a change anywhere upstream
-        rerun everything downstream of it, while an unchanged pipeline is skipped throughout.
+        The marker is written once per (re)run and carries its counts and timings, so a stage
+        that ran again, even with an unchanged config over new data, gets a new fingerprint;
+        a skipped stage leaves its marker untouched, so an unchanged rerun keeps it. ``-``
+        when the stage has no readable marker.
+        """
+        try:
+            with self.fs.open_input_stream(self._fs_path(self.path(stage, SUCCESS))) as f:
+                return hashlib.sha256(f.read()).hexdigest()[:16]
+        except (FileNotFoundError, OSError):
+            return "-"
+
+    def config_hash(
+        self,
+        cfg: Any,
+        sections: tuple[str, ...],
+        upstream: tuple[str, ...] = (),
+        inputs: str = "",
+    ) -> str:
+        """The hash a stage records: its config sections, its upstream stages' outputs and,
+        for a stage that reads outside the run (ingest), a fingerprint of those ``inputs``.
+
+        Folding in the upstream *outputs* (not just their config hashes) makes any rerun
+        upstream, a changed config or the same config over new data, rerun everything
+        downstream of it, while an unchanged pipeline is skipped throughout.
         """
         parts = [cfg.section_hash(*sections)]
-        parts += [f"{s}={(self.read_success(s) or {}).get('config_hash', '-')}" for s in upstream]
+        parts += [f"{s}={self.output_fingerprint(s)}" for s in upstream]
+        if inputs:
+            parts.append(f"inputs={inputs}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def require(self, stage: str, needed_by: str) -> str:
@@ -160,6 +182,7 @@ class RunDir:
         ...     write_files(out.tmp)
         ...     out.finish(counts={"files_out": n})
         """
+        self._remove_leftovers(stage)
         writer = StageWriter(self, stage, config_hash)
         if not force and self.is_complete(stage, config_hash):
             writer.skipped = True
@@ -176,6 +199,20 @@ class RunDir:
                 self.fs.delete_dir(self._fs_path(writer.tmp))
         if writer.result is None:
             raise RuntimeError(f"stage {stage}: output block ended without finish()")
+
+    def _remove_leftovers(self, stage: str) -> None:
+        """Delete ``<stage>.tmp-*`` / ``<stage>.old-*`` left by a killed run of this stage.
+
+        A SIGKILL skips the ``finally`` that removes them; nothing else ever reads them, and
+        on an object store they would otherwise be paid for forever. (Two processes writing
+        the same stage of the same run at once is unsupported anyway: the last finish wins.)
+        """
+        prefixes = (f"{stage}.tmp-", f"{stage}.old-")
+        selector = pafs.FileSelector(self.base, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.base_name.startswith(prefixes) and info.type == pafs.FileType.Directory:
+                with suppress(FileNotFoundError, OSError):
+                    self.fs.delete_dir(info.path)
 
 
 class StageWriter:
