@@ -1,0 +1,401 @@
+"""The host side: a pool of fork servers, one per worker slot, and the verdicts.
+
+A :class:`Sandbox` starts its servers lazily (``unshare`` + ``python -I -S server.py``,
+from an allow-listed environment: no API keys, no Ray tokens), sends each job on a free
+slot, and turns the server's bounded answer into an :class:`ExecResult`. Every failure
+of the machinery -- a server that dies, hangs, or answers garbage, an unknown signal, a
+vanished temp dir -- is a failed sample with a reason, never an exception out of
+:meth:`Sandbox.run`; the slot's server is restarted for the next job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from phi_ray.sandbox import modes, wire
+from phi_ray.sandbox.cgroups import SlotCgroups
+
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
+_ENV_ALLOW = ("LANG", "LC_ALL", "TZ")
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_ANSWER = 1 << 17  # one JSON line from a server
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sample; validated so a bad value fails here, not in every
+    sample (an ``inf`` or 10**13 would overflow setrlimit and fail each run silently)."""
+
+    timeout_s: float = 10.0  # wall clock of the whole sample
+    memory_mb: int = 1024  # the sample as a whole (cgroup), and each process (RLIMIT_AS)
+    max_procs: int = 32  # processes + threads of the sample
+    max_file_mb: int = 16  # largest file a program may write; also each tmpfs's size
+
+    def __post_init__(self) -> None:
+        check_limits(self.timeout_s, self.memory_mb, self.max_procs, self.max_file_mb)
+
+    @property
+    def cpu_s(self) -> int:
+        return int(self.timeout_s) + 1
+
+
+def check_limits(timeout_s: float, memory_mb: int, max_procs: int, max_file_mb: int) -> None:
+    """ValueError naming the first limit out of range."""
+    if not isinstance(timeout_s, int | float) or not math.isfinite(timeout_s):
+        raise ValueError(f"timeout_s={timeout_s!r}: must be a finite number of seconds")
+    if not 0 < timeout_s <= 86_400:
+        raise ValueError(f"timeout_s={timeout_s!r}: must be in (0, 86400]")
+    for name, v, lo, hi in (
+        ("memory_mb", memory_mb, 64, 1 << 22),
+        ("max_procs", max_procs, 1, 1 << 16),
+        ("max_file_mb", max_file_mb, 1, 1 << 20),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"{name}={v!r}: must be an integer in [{lo}, {hi}]")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class Check:
+    """A HumanEval-format sample: the judge runs ``test`` and ``check(entry_point)``."""
+
+    prompt: str
+    completion: str
+    test: str
+    entry_point: str
+
+    def payloads(self) -> tuple[dict, dict]:
+        cand = {"code": self.prompt + self.completion, "filename": "<sample>", "module": False}
+        judge = {"kind": "check", "prompt": self.prompt, "test": self.test,
+                 "entry_point": self.entry_point}
+        return cand, judge
+
+
+@dataclass(frozen=True)
+class Doctest:
+    """Code whose docstring examples (and ``>>>`` sessions) are checked by the judge."""
+
+    code: str
+    sessions: tuple[str, ...] = ()
+
+    def payloads(self) -> tuple[dict, dict]:
+        cand = {"code": self.code, "filename": "solution.py", "module": True}
+        return cand, {"kind": "doctest", "code": self.code, "sessions": list(self.sessions)}
+
+
+@dataclass(frozen=True)
+class Script:
+    """A self-checking program, passed iff it runs to its end. NOT forgery-proof (the
+    verdict comes from the program's own process): for trusted programs only."""
+
+    program: str
+
+    def payloads(self) -> tuple[dict, dict]:
+        return {"code": self.program, "filename": "<sample>", "module": False}, {"kind": "script"}
+
+
+Job = Check | Doctest | Script
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    passed: bool
+    result: str  # "passed", "timed out" or "failed: ..."
+    duration_s: float
+    status: str = ""  # doctest jobs: passed / failed / error / timeout / no_examples
+    attempted: int = 0
+    failed: int = 0
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class _Server:
+    """One slot's fork server (a subprocess speaking frames in, JSON lines out)."""
+
+    def __init__(self, cfg: dict, prefix: list[str], python: str) -> None:
+        self.cfg, self.prefix, self.python = cfg, prefix, python
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        env = {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ}
+        env.update(PATH=_SAFE_PATH, LANG=env.get("LANG", "C.UTF-8"))
+        debug = os.environ.get("PHI_RAY_SANDBOX_DEBUG")
+        if debug:
+            env["PHI_RAY_SANDBOX_DEBUG"] = debug
+        proc = subprocess.Popen(
+            [*self.prefix, self.python, "-I", "-S", SERVER, json.dumps(self.cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if debug else subprocess.DEVNULL,
+            cwd="/",
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            ready = json.loads(_readline(proc.stdout.fileno(), 60))
+            if not ready.get("ready"):
+                raise ValueError("no ready line")
+        except (OSError, ValueError, TimeoutError) as e:
+            self._kill(proc)
+            raise SandboxError(f"sandbox server did not start: {type(e).__name__}: {e}") from None
+        return proc
+
+    def call(self, header: dict, cand: bytes, judge: bytes, wait_s: float) -> dict:
+        """Send one job; a server that dies or hangs is killed, restarted next time."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        header = {**header, "cand_len": len(cand), "judge_len": len(judge)}
+        try:
+            fd = self.proc.stdin.fileno()
+            wire.send(fd, header)
+            for blob in (cand, judge):
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view):]
+            ans = json.loads(_readline(self.proc.stdout.fileno(), wait_s))
+            if not isinstance(ans, dict):
+                raise ValueError("answer is not an object")
+            return ans
+        except (OSError, ValueError, TimeoutError) as e:
+            self.close()
+            raise SandboxError(f"sandbox server failed: {type(e).__name__}: {e}") from None
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._kill(self.proc)
+        self.proc.stdout.close()
+        self.proc = None
+
+
+class SandboxError(RuntimeError):
+    """The sandbox machinery failed (not the program under test)."""
+
+
+def _readline(fd: int, wait_s: float) -> bytes:
+    buf, deadline = b"", time.monotonic() + wait_s
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError(f"no answer within {wait_s:.0f}s")
+        chunk = os.read(fd, MAX_ANSWER)
+        if not chunk:
+            raise OSError("sandbox server exited")
+        buf += chunk
+        if len(buf) > MAX_ANSWER:
+            raise ValueError("answer too long")
+    return buf
+
+
+def view_trees(python: str) -> list[str]:
+    """What the interpreter needs: /usr and its installation prefix."""
+    prefix = os.path.realpath(sys.base_prefix)
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        prefix = os.path.dirname(os.path.dirname(os.path.realpath(python)))
+    return sorted({"/usr", prefix})
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+@dataclass
+class Sandbox:
+    """A bounded pool of fork servers; use as a context manager.
+
+    ``mode``: None detects (:func:`modes.detect`); a weak mode raises
+    :class:`modes.WeakSandboxError` unless ``allow_weak``.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    parallel: int = 0
+    mode: str | None = None
+    allow_weak: bool = False
+    uid_base: int = 1_500_000_000
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = modes.choose(self.allow_weak, self.mode)
+        self.parallel = min(self.parallel or os.cpu_count() or 1, 128)
+        self.python = os.path.realpath(self.python or sys.executable)
+        root = os.geteuid() == 0
+        self.base = tempfile.mkdtemp(prefix="phi-ray-sandbox-")
+        os.chmod(self.base, 0o711)
+        tag = os.path.basename(self.base)
+        mem_b = self.limits.memory_mb << 20
+        self.cgroups = SlotCgroups(self.parallel, mem_b, self.limits.max_procs, tag)
+        # Uids differ per evaluating process, so two evaluations never share a quota:
+        # candidate base + 2 * (256 * (pid mod 2^20) + slot), its judge the next uid.
+        first = self.uid_base + 512 * (os.getpid() % (1 << 20))
+        self.uids = [first + 2 * i for i in range(self.parallel)] if root else []
+        prefix = {"strong": ["unshare", "-n", "-p", "-f", "-m", "--kill-child", "--"],
+                  "userns": ["unshare", "-r", "-n", "-p", "-f", "-m", "--kill-child", "--"],
+                  "none": []}[self.mode]
+        trees = view_trees(self.python)
+        self._servers: list[_Server] = []
+        self._slots: queue.Queue[_Server] = queue.Queue()
+        for i in range(self.parallel):
+            work = os.path.join(self.base, f"slot{i}")
+            os.mkdir(work)
+            cfg = {
+                "view": work if self.mode != "none" else "",
+                "workdir": work,
+                "trees": trees,
+                "tmp_mb": self.limits.max_file_mb,
+                "pidns": self.mode != "none",
+                "cand_uid": self.uids[i] if root else None,
+                "judge_uid": self.uids[i] + 1 if root else None,
+                "nested_userns": self.mode == "userns",
+                "landlock": self.mode == "none",
+                "cgroups": self.cgroups.dirs[i],
+                "cgroup_version": self.cgroups.version,
+            }
+            if self.mode == "none" and root:
+                os.chmod(work, 0o711)
+            self._servers.append(_Server(cfg, prefix, self.python))
+            self._slots.put(self._servers[-1])
+        self._lock = threading.Lock()
+
+    @property
+    def memory_scope(self) -> str:
+        return f"cgroup v{self.cgroups.version}" if self.cgroups.version else "rss watchdog"
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in self._servers:
+            s.close()
+        self.cgroups.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def run(self, jobs: Sequence[Job | str], progress: bool = False) -> list[ExecResult]:
+        """Execute every job (in parallel, bounded); results in input order. A plain
+        string is a :class:`Script`."""
+        from tqdm.auto import tqdm
+
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="sandbox") as pool:
+            futures = [pool.submit(self._run_slot, j) for j in jobs]
+            bar = tqdm(total=len(futures), desc="execute", unit="prog", disable=not progress)
+            out = []
+            for f in futures:
+                out.append(f.result())
+                bar.update()
+            bar.close()
+        return out
+
+    def _run_slot(self, job: Job | str) -> ExecResult:
+        server = self._slots.get()
+        try:
+            return self.run_one(job, server)
+        finally:
+            self._slots.put(server)
+
+    def run_one(self, job: Job | str, server: _Server | None = None) -> ExecResult:
+        """Execute one job in a fresh candidate and judge; never raises for the job."""
+        if isinstance(job, str):
+            job = Script(job)
+        server = server or self._servers[0]
+        lim, t0 = self.limits, time.monotonic()
+        try:
+            cand, judge = (json.dumps(p).encode("utf-8", "surrogatepass") for p in job.payloads())
+            env = {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ}
+            env.update(PATH=_SAFE_PATH, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+            header = {
+                "env": env,
+                "limits": {
+                    "cpu": lim.cpu_s, "mem": lim.memory_mb << 20, "fsize": lim.max_file_mb << 20,
+                    "nproc": lim.max_procs, "timeout": lim.timeout_s,
+                },
+            }
+            ans = server.call(header, cand, judge, wait_s=lim.timeout_s + 30)
+            return verdict(ans, job)
+        except Exception as e:  # noqa: BLE001 - the machinery failing is a failed sample
+            return _failed(job, f"failed: sandbox error ({type(e).__name__}: {e})"[:500],
+                           time.monotonic() - t0)
+
+
+def _failed(job: Job, why: str, dt: float, status: str = "error") -> ExecResult:
+    return ExecResult(False, why, dt, status=status if isinstance(job, Doctest) else "",
+                      detail=why)
+
+
+def signal_name(num: int) -> str:
+    """``SIGKILL``, or ``signal 40`` for numbers the signal module has no name for."""
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _why_dead(ans: dict) -> str:
+    """Why the candidate stopped, from its wait status (the only thing it cannot fake
+    about itself) and the cgroup's OOM counter."""
+    if ans.get("stop") == "memory" or ans.get("oom"):
+        return "killed (memory limit of the sample)"
+    st = ans.get("cand_status")
+    if not isinstance(st, int):
+        return "the program stopped answering"
+    if os.WIFSIGNALED(st):
+        name = signal_name(os.WTERMSIG(st))
+        hint = {"SIGXCPU": " (cpu time limit)", "SIGKILL": " (cpu or memory limit)"}.get(name, "")
+        return f"killed by {name}{hint}"
+    if os.WIFEXITED(st):
+        return f"exited with code {os.WEXITSTATUS(st)} before its tests finished"
+    return "the program stopped answering"
+
+
+def verdict(ans: dict, job: Job) -> ExecResult:
+    """The judge's verdict, trusted only when the judge exited cleanly after sending it."""
+    dt = float(ans.get("duration_s") or 0.0)
+    if ans.get("stop") == "timeout":
+        return _failed(job, "timed out", dt, "timeout")
+    if ans.get("stop") == "memory":
+        return _failed(job, f"failed: {_why_dead(ans)}", dt)
+    v, st = ans.get("verdict"), ans.get("judge_status")
+    if not isinstance(v, dict) or not (isinstance(st, int) and os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0):
+        why = f"judge stopped ({signal_name(os.WTERMSIG(st))})" if isinstance(st, int) and os.WIFSIGNALED(st) else "no verdict from the judge"
+        return _failed(job, f"failed: sandbox error ({why})", dt)
+    if v.get("gone"):
+        return _failed(job, f"failed: {_why_dead(ans)}", dt)
+    if isinstance(job, Doctest):
+        status = str(v.get("status", "error"))
+        return ExecResult(status == "passed", status, dt, status=status,
+                          attempted=int(v.get("attempted", 0)), failed=int(v.get("failed", 0)),
+                          detail=str(v.get("detail", ""))[:500])
+    passed = v.get("passed") is True and v.get("result") == "passed"
+    result = "passed" if passed else str(v.get("result", "failed"))[:500]
+    return ExecResult(passed, result, dt)
