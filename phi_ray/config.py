@@ -166,6 +166,11 @@ class LLMConfig:
     temperature: float = 0.0
     max_tokens: int = 512
     repair_attempts: int = 1  # re-asks (chat) when an answer does not parse
+    # Object-store runs: seconds between uploads of the local cache copy to .work/<stage>/.
+    cache_sync_s: float = 60.0
+    # The endpoint's name in cache keys (default: base_url). Set it to keep a cache when
+    # the same server moves to another URL.
+    endpoint_id: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.max_concurrency > 0, "max_concurrency", "must be > 0")
@@ -181,6 +186,7 @@ class LLMConfig:
         _check(
             self.budget_tokens is None or self.budget_tokens >= 0, "budget_tokens", "must be >= 0"
         )
+        _check(self.cache_sync_s >= 0, "cache_sync_s", "must be >= 0 (0: sync only at the end)")
         _check(self.temperature >= 0, "temperature", "must be >= 0")
 
 
@@ -271,7 +277,8 @@ class SynthConfig:
     near_dup_threshold: float = 0.7
     exec_timeout_s: float = 5.0
     min_exercise_chars: int = 80  # prompt + completion
-    exec_memory_mb: int = 512  # address-space limit of each sandboxed example run
+    exec_memory_mb: int = 512  # memory of each sandboxed example run, children included
+    allow_weak_sandbox: bool = False  # accept a sandbox without root / namespaces (README)
     drop_failing: bool = True  # drop rows whose doctest examples fail, error or time out
     require_examples: bool = False  # also drop rows with no example to run
     dedup_num_perm: int = 128
@@ -291,8 +298,7 @@ class SynthConfig:
         _check(self.temperature >= 0, "temperature", "must be >= 0")
         _check(self.n_textbooks >= 0 and self.n_exercises >= 0, "n_textbooks", "must be >= 0")
         _check(0.0 < self.near_dup_threshold < 1.0, "near_dup_threshold", "must be in (0, 1)")
-        _check(self.exec_timeout_s > 0, "exec_timeout_s", "must be > 0")
-        _check(self.exec_memory_mb >= 64, "exec_memory_mb", "must be >= 64")
+        _check_sandbox_limits(self.exec_timeout_s, self.exec_memory_mb, prefix="exec_")
         _check(self.dedup_num_perm >= 16, "dedup_num_perm", "must be >= 16")
         _check(self.dedup_ngram > 0, "dedup_ngram", "must be > 0")
         for k in ("chunk_size", "batch_size", "rows_per_file", "diversity_max_rows"):
@@ -489,8 +495,9 @@ class EvaluateConfig:
     endpoint_timeout_s: float = 300.0
     max_procs: int = 32  # RLIMIT_NPROC per sandboxed program (its own uid when root)
     max_file_mb: int = 16  # RLIMIT_FSIZE: largest file or stdout a program may write
-    sandbox_uid_base: int = 1_500_000_000  # as root: slot i runs as uid base+i
-    sandbox_python: str | None = None  # None: this interpreter, else python3 on PATH
+    sandbox_uid_base: int = 1_500_000_000  # as root: slot i runs as uid base+2i (judge +1)
+    sandbox_python: str | None = None  # None: this interpreter
+    allow_weak_sandbox: bool = False  # accept a sandbox without root / namespaces (README)
 
     def __post_init__(self) -> None:
         _check(self.n_samples > 0, "n_samples", "must be > 0")
@@ -498,8 +505,7 @@ class EvaluateConfig:
         _check(self.gen_actors >= 0, "gen_actors", "must be >= 0 (0: one per GPU)")
         _check(self.batch_size > 0, "batch_size", "must be > 0")
         _check(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
-        _check(self.memory_mb >= 64, "memory_mb", "must be >= 64 (the interpreter needs it)")
-        _check(self.max_procs > 0 and self.max_file_mb > 0, "max_procs", "limits must be > 0")
+        _check_sandbox_limits(self.timeout_s, self.memory_mb, self.max_procs, self.max_file_mb)
         _check(self.endpoint_concurrency > 0, "endpoint_concurrency", "must be > 0")
         _check(self.sandbox_uid_base > 0, "sandbox_uid_base", "must be a non-root uid")
         _check(self.limit is None or self.limit > 0, "limit", "must be > 0")
@@ -508,7 +514,20 @@ class EvaluateConfig:
         _check(
             all(0 < k <= self.n_samples for k in self.ks), "ks", "each k must be in [1, n_samples]"
         )
-        _check(self.timeout_s > 0, "timeout_s", "must be > 0")
+
+
+
+def _check_sandbox_limits(
+    timeout_s: float, memory_mb: int, max_procs: int = 1, max_file_mb: int = 1, prefix: str = ""
+) -> None:
+    """Sandbox limits must fit setrlimit: ``.inf`` or 10**13 would fail every sample
+    silently (pass@k 0) instead of failing here."""
+    from phi_ray.sandbox.host import check_limits
+
+    try:
+        check_limits(timeout_s, memory_mb, max_procs, max_file_mb)
+    except ValueError as e:
+        raise ConfigError(prefix + str(e)) from None
 
 
 @dataclass
@@ -530,6 +549,8 @@ class ServeConfig:
     max_replicas: int = 1
     num_cpus: float = 1.0  # per model replica (torch threads on CPU)
     max_prompts: int = 16  # prompts per /v1/completions request
+    max_n: int = 128  # choices per prompt (split into calls of max_batch_size sequences)
+    max_stops: int = 256  # stop sequences per request (each costs O(1) per generated char)
     classifier_max_batch_size: int = 64  # files per classifier batch (and per request)
     classifier_num_cpus: float = 0.5
     classifier_num_gpus: float = 0.0
@@ -545,6 +566,8 @@ class ServeConfig:
         _check(self.max_body_bytes > 0, "max_body_bytes", "must be > 0")
         _check(self.num_gpus >= 0 and self.num_cpus >= 0, "num_gpus", "must be >= 0")
         _check(self.max_prompts > 0, "max_prompts", "must be > 0")
+        _check(self.max_n > 0, "max_n", "must be > 0")
+        _check(self.max_stops >= 0, "max_stops", "must be >= 0")
         _check(self.classifier_max_batch_size > 0, "classifier_max_batch_size", "must be > 0")
         _check(self.max_ongoing_requests > 0, "max_ongoing_requests", "must be > 0")
 
@@ -610,6 +633,15 @@ class Config:
             f"{self.pack.seq_len} exceeds the model's context "
             f"(model.max_position_embeddings={self.model.max_position_embeddings})",
         )
+        if self.llm.budget_usd is not None and self.llm.base_url:
+            # An unpriced model's calls would cost $0 against the budget: refuse at load.
+            for model in {self.annotate.model or self.llm.model, self.synth.model or self.llm.model}:
+                _check(
+                    any(model.startswith(k) for k in self.llm.prices),
+                    "llm.prices",
+                    f"llm.budget_usd is set but model {model!r} has no price; add "
+                    f"llm.prices.{model}: {{input: <USD per 1M>, output: <USD per 1M>}}",
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

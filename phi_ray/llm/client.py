@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -21,12 +20,14 @@ from tqdm.auto import tqdm
 from phi_ray.llm.budget import find_price
 from phi_ray.llm.cache import CachedAnswer, ResponseCache
 from phi_ray.llm.limiter import make_limiter
-from phi_ray.llm.transport import PENDING, Transport
+from phi_ray.llm.sync import CacheSync
+from phi_ray.llm.transport import BUSY, PENDING, Transport, parse_body
 from phi_ray.llm.types import (
     REPAIR_PROMPT,
     BatchResult,
     Failure,
     LLMError,
+    ParseError,
     Parser,
     Request,
     Result,
@@ -65,23 +66,16 @@ class LLMClient:
         self.cfg = cfg
         self.model = model or cfg.model
         self.progress = progress
-        if cfg.budget_usd is not None and find_price(self.model, cfg.prices) is None:
-            raise LLMError(
-                f"llm.budget_usd is set but llm.prices has no entry for model {self.model!r}; "
-                f"add llm.prices.{self.model}: {{input: <USD/1M>, output: <USD/1M>}}"
-            )
+        self._check_priced(self.model)
+        self.sync: CacheSync | None = None
         if cache_dir is not None and "://" in cache_dir:
-            # SQLite needs a local file: object-store runs cache on local disk.
-            local = os.path.join(
-                tempfile.gettempdir(),
-                "phi_ray_llm",
-                hashlib.sha256(cache_dir.encode()).hexdigest()[:16],
-            )
-            log.warning(
-                "LLM cache for %s kept locally at %s (SQLite needs local disk)", cache_dir, local
-            )
-            cache_dir = local
+            # SQLite needs a local file: a working copy, restored from and synced back to
+            # the run's .work/<stage>/ in the object store.
+            self.sync = CacheSync(cache_dir, cfg.cache_sync_s)
+            cache_dir = self.sync.restore()
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        if self.sync is not None and self.cache is not None:
+            self.sync.start(self.cache)
         key = self.cache.path if self.cache else "nocache"
         self.scope = scope or hashlib.sha256(key.encode()).hexdigest()[:16]
         self._attach = attach
@@ -106,7 +100,8 @@ class LLMClient:
         self.close()
 
     def close(self) -> None:
-        """Close HTTP clients, stop the helper loop, release the limiter (owner: kill it)."""
+        """Close HTTP clients, stop the helper loop, release the limiter (owner: kill it),
+        drop this process's leases, and (object-store runs) sync the cache back."""
         if self._bg is not None:
             loop, thread = self._bg
             with contextlib.suppress(Exception):
@@ -116,7 +111,34 @@ class LLMClient:
             self._bg = None
         self.limiter.close()
         if self.cache is not None:
+            with contextlib.suppress(Exception):
+                self.cache.release_all()
+            if self.sync is not None:
+                self.sync.stop()  # the final upload, from a consistent snapshot
             self.cache.close()
+
+    def _check_priced(self, model: str) -> None:
+        if self.cfg.budget_usd is not None and find_price(model, self.cfg.prices) is None:
+            # Unpriced, its calls would cost $0 against the budget: no budget at all.
+            raise LLMError(
+                f"llm.budget_usd is set but llm.prices has no entry for model {model!r}; "
+                f"add llm.prices.{model}: {{input: <USD/1M>, output: <USD/1M>}}"
+            )
+
+    def cache_key(self, req: Request) -> str:
+        """The cache key of ``req`` as this client asks it (endpoint, model, parameters)."""
+        return req.cache_key(req.model or self.model, self._params(req), self._t.endpoint)
+
+    def cached_answer(self, req: Request) -> CachedAnswer | None:
+        """What the cache holds for ``req`` (e.g. what its answer cost when first paid)."""
+        return self.cache.get(self.cache_key(req)) if self.cache is not None else None
+
+    def _params(self, req: Request) -> dict[str, Any]:
+        return {
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+            **req.params,
+        }
 
     async def _ensure_configured(self) -> None:
         if self._configured:
@@ -126,6 +148,10 @@ class LLMClient:
         async with self._config_lock:  # concurrent first calls must not reset it twice
             if self._configured:
                 return
+            ratio = None
+            if self.cache is not None:
+                self._recover()
+                ratio = self.cache.out_ratio()
             # The budget counts what this cache has paid for in earlier runs too.
             spent = self.cache.totals()[:2] if self.cache else (0, 0.0)
             ttl = self.cfg.timeout_s * 1.5 + 30.0
@@ -136,8 +162,27 @@ class LLMClient:
                 self.cfg.budget_usd,
                 spent,
                 not self._attach,
+                ratio,
             )
             self._configured = True
+
+    def _recover(self) -> None:
+        """Settle answers a killed process committed but never parsed, and say what it had
+        in flight (those requests may have been paid; they are asked again)."""
+        assert self.cache is not None
+        settled = self.cache.settle_raw(lambda raw, sent: parse_body(raw, sent, self.cfg.prices))
+        orphans = self.cache.orphans()
+        self.stats["recovered_raw"] += settled
+        self.stats["inflight_at_start"] += len(orphans)
+        if orphans:
+            ids = ", ".join(r for r, _, _ in orphans[:5])
+            log.warning(
+                "%d LLM requests were in flight when an earlier process stopped (%s%s); they "
+                "may have been paid, and are asked again",
+                len(orphans),
+                ids,
+                ", ..." if len(orphans) > 5 else "",
+            )
 
     # -- public API ---------------------------------------------------------------------
     def run_batch(
@@ -166,6 +211,7 @@ class LLMClient:
         """Answer many requests concurrently; see :mod:`phi_ray.llm` for the semantics."""
         await self._ensure_configured()
         self._t.stop = None
+        self._t.fatal = None
         before = Counter(self.stats)
         queue = list(enumerate(requests))
         queue.reverse()
@@ -173,10 +219,15 @@ class LLMClient:
         bar = tqdm(total=len(requests), desc=desc, disable=not self.progress, mininterval=0.5)
 
         async def worker() -> None:
-            while queue:
+            # A fatal error stops this worker taking new requests; the calls other workers
+            # have in flight finish, and their paid answers are cached, before it is raised.
+            while queue and self._t.fatal is None:
                 i, req = queue.pop()
-                out = await self.acomplete(req, parser)
-                slots[i] = out
+                try:
+                    slots[i] = await self.acomplete(req, parser)
+                except LLMError as e:
+                    self._t.fatal = self._t.fatal or e
+                    return
                 bar.update(1)
                 self._postfix(bar)
 
@@ -191,6 +242,8 @@ class LLMClient:
             raise
         finally:
             bar.close()
+        if self._t.fatal is not None:
+            raise self._t.fatal
         return self._batch(requests, slots, before)
 
     def _batch(self, requests, slots, before: Counter) -> BatchResult:
@@ -235,17 +288,16 @@ class LLMClient:
         await self._ensure_configured()
         self.stats["requests"] += 1
         model = req.model or self.model
-        params = {
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-            **req.params,
-        }
+        self._check_priced(model)
+        params = self._params(req)
         acc = Result(req.id, None, "", model, cached=True, meta=req.meta)
         cur, error = req, ""
         for rnd in range(1 + self.cfg.repair_attempts):
             got = await self._fetch(cur, model, params, acc)
             if got is PENDING:
                 self.stats["pending"] += 1
+                if self._t.fatal is not None:
+                    raise self._t.fatal
                 return None
             if isinstance(got, Failure):
                 self.stats["failures"] += 1
@@ -253,6 +305,9 @@ class LLMClient:
             acc.texts = got.texts
             acc.text = got.texts[0] if got.texts else ""
             try:
+                if got.status != "ok":  # a billed 200 nobody can read: repair, never replay
+                    acc.text = (got.raw or b"").decode("utf-8", "replace")[:2000]
+                    raise ParseError(got.error or "malformed response")
                 acc.value = parser(acc.text) if parser is not None else acc.text
             except Exception as e:  # any parser complaint: repair, then report
                 error = f"{type(e).__name__}: {e}"
@@ -289,26 +344,32 @@ class LLMClient:
 
     # -- one answer: cache, then the API ---------------------------------------------------
     async def _fetch(self, req: Request, model: str, params: dict, acc: Result):
-        key = req.cache_key(model, params)
-        for _ in range(2):
+        key = req.cache_key(model, params, self._t.endpoint)
+        poll = 0.02
+        while True:
             hit = self.cache.get(key) if self.cache else None
             if hit is not None:
                 return hit
             waiting = self._inflight.get(key)
-            if waiting is None:
+            if waiting is not None:
+                # The same call is in flight in this process: wait for it, never pay twice.
+                await asyncio.shield(waiting)
+                continue
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            got = None
+            try:
+                got = await self._t.call(req, model, params, key, acc)
+            finally:
+                self._inflight.pop(key, None)
+                fut.set_result(None)
+                if self.cache is not None and not isinstance(got, CachedAnswer):
+                    self.cache.release(key)  # no answer: this process's lease ends
+            if got is not BUSY:
                 break
-            # The same call is in flight for another request: wait for it, never pay twice.
-            await asyncio.shield(waiting)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            got = await self._t.call(req, model, params, key, acc)
-        finally:
-            self._inflight.pop(key, None)
-            fut.set_result(None)
-        if isinstance(got, CachedAnswer):
-            acc.cached = False
-            acc.prompt_tokens += got.prompt_tokens
-            acc.completion_tokens += got.completion_tokens
-            acc.cost_usd += got.cost_usd
+            # Another process holds this prompt's lease: its answer will land in the cache
+            # (or its lease lapses and we take over). Poll; hold no slot meanwhile.
+            self.stats["waited_for_other_process"] += 1
+            await asyncio.sleep(poll)
+            poll = min(poll * 1.5, 0.5)
         return got

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from phi_ray.llm.budget import Ledger
+from phi_ray.llm.budget import Ledger, Worst
 
 NAMESPACE = "phi_ray"
 
@@ -54,12 +54,17 @@ class LimiterCore:
         max_usd: float | None,
         spent: tuple[int, float],
         reset: bool,
+        out_ratio: float | None = None,
     ) -> None:
-        """Set limits; ``reset`` (the owner, at stage start) also clears spend and leases."""
+        """Set limits; ``reset`` (the owner, at stage start) also clears spend and leases.
+        ``out_ratio``: what the cache's history says about answers past max_tokens."""
         if self.configured and not reset:
             return
         self.limit, self.ttl_s = limit, ttl_s
         self.ledger = Ledger(max_tokens, max_usd, spent[0], spent[1])
+        if out_ratio is not None:
+            self.ledger.out_ratio = max(1.0, out_ratio)
+            self.ledger.calibrated = True
         self.refused, self.active, self.configured = None, {}, True
 
     def _reap(self) -> None:
@@ -69,18 +74,26 @@ class LimiterCore:
                 del self.active[lease]
                 self.ledger.settle(reserved, 0, 0.0)
 
-    async def acquire(self, tokens: int, usd: float) -> tuple[str | None, str | None]:
-        """Wait for a slot and reserve (tokens, usd): (lease, None), or (None, why refused)."""
+    def _slots(self) -> int:
+        # A capped ledger that has not seen a real answer yet runs one call at a time: a
+        # server that ignores max_tokens is found out by one answer, not by a whole wave.
+        led = self.ledger
+        return 1 if led.capped and not led.calibrated else self.limit
+
+    async def acquire(self, worst: Worst) -> tuple[str | None, str | None]:
+        """Wait for a slot and reserve the call's worst case: (lease, None), or (None, why
+        refused)."""
         cond = self._condition()
         async with cond:
             while True:
                 if self.refused:
                     return None, self.refused
                 self._reap()
-                if len(self.active) < self.limit:
+                if len(self.active) < self._slots():
                     break
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                     await asyncio.wait_for(cond.wait(), timeout=1.0)
+            tokens, usd = self.ledger.worst(worst)
             why = self.ledger.refusal(tokens, usd)
             if why is not None:
                 self.refused = why
@@ -91,14 +104,20 @@ class LimiterCore:
             self.active[lease] = (time.monotonic(), (tokens, usd))
             return lease, None
 
-    async def release(self, lease: str, tokens: int, usd: float) -> None:
+    async def release(
+        self, lease: str, tokens: int, usd: float, ratio: float | None = None
+    ) -> None:
         """Return a slot; settle its reservation with what the call really cost."""
         cond = self._condition()
         async with cond:
             held = self.active.pop(lease, None)
             reserved = held[1] if held else (0, 0.0)
-            self.ledger.settle(reserved, tokens, usd)
-            cond.notify(1)
+            was = self.ledger.calibrated
+            self.ledger.settle(reserved, tokens, usd, ratio)
+            if self.ledger.calibrated and not was:
+                cond.notify_all()  # every slot opens at once
+            else:
+                cond.notify(1)
 
     async def snapshot(self) -> dict[str, Any]:
         led = self.ledger
@@ -107,6 +126,8 @@ class LimiterCore:
             "active": len(self.active),
             "spent_tokens": led.spent_tokens,
             "spent_usd": led.spent_usd,
+            "reserved_tokens": led.reserved_tokens,
+            "out_ratio": led.out_ratio,
             "refused": self.refused,
         }
 
@@ -122,11 +143,11 @@ class LocalLimiter:
     async def configure(self, *args: Any) -> None:
         await self.core.configure(*args)
 
-    async def acquire(self, tokens: int, usd: float) -> tuple[str | None, str | None]:
-        return await self.core.acquire(tokens, usd)
+    async def acquire(self, worst: Worst) -> tuple[str | None, str | None]:
+        return await self.core.acquire(worst)
 
-    async def release(self, lease: str, tokens: int, usd: float) -> None:
-        await self.core.release(lease, tokens, usd)
+    async def release(self, lease: str, tokens: int, usd: float, ratio: float | None) -> None:
+        await self.core.release(lease, tokens, usd, ratio)
 
     async def snapshot(self) -> dict[str, Any]:
         return await self.core.snapshot()
@@ -153,12 +174,12 @@ class RayLimiter:
     async def configure(self, *args: Any) -> None:
         await self.handle.configure.remote(*args)
 
-    async def acquire(self, tokens: int, usd: float) -> tuple[str | None, str | None]:
-        return await self.handle.acquire.remote(tokens, usd)
+    async def acquire(self, worst: Worst) -> tuple[str | None, str | None]:
+        return await self.handle.acquire.remote(worst)
 
-    async def release(self, lease: str, tokens: int, usd: float) -> None:
+    async def release(self, lease: str, tokens: int, usd: float, ratio: float | None) -> None:
         # Fire and forget: the caller need not wait a round trip to go on.
-        self.handle.release.remote(lease, tokens, usd)
+        self.handle.release.remote(lease, tokens, usd, ratio)
 
     async def snapshot(self) -> dict[str, Any]:
         return await self.handle.snapshot.remote()

@@ -19,13 +19,24 @@ every call, and injects faults on demand::
 Fault kinds: ``429`` (with ``Retry-After``), ``500``, ``slow`` (answers after ``delay_s``),
 ``drop`` (closes the connection without an answer), ``malformed`` (a 200 answer, with
 usage, whose content is garbage: the caller's parser must reject it), and, only when
-asked for by name, ``400`` (a bad-request error no retry can fix).
+asked for by name: ``400`` (a bad-request error no retry can fix), ``401`` / ``403`` /
+``404`` (fatal: wrong key, forbidden, unknown model), and billed 200s a client must not
+pay for twice: ``badjson`` (the body is not JSON), ``nochoices`` (usage, no choices),
+``nousage`` (no usage object), ``partial_usage`` (usage without ``completion_tokens`` and
+``total_tokens``). :meth:`OpenAITestServer.fault_on` aims a fault at the requests whose
+prompt contains a string (deterministic under concurrency).
+
+``honor_max_tokens=False`` (the default, and what some servers do) answers in full
+whatever ``max_tokens`` says; True cuts each answer to ``max_tokens`` tokens.
+``count_tokens`` replaces the token counter (e.g. a real tokenizer, for CJK prompts).
 
 ``calls`` counters: ``requests`` (completion POSTs), ``chat``, ``completion``, ``models``,
 ``ok`` (200 answers with usage: what a paid API bills), ``fault:<kind>``,
 ``prompt_tokens``, ``completion_tokens``, ``peak_inflight`` (most completion requests
-being handled at once: checks a client's concurrency limit). ``paid`` counts 200 answers per request
-fingerprint (sha256 of the canonical request JSON); ``bodies`` keeps every request body.
+being handled at once: checks a client's concurrency limit). ``paid`` counts billed 200
+answers per request fingerprint (sha256 of the canonical request JSON), ``paid_by_prompt``
+per prompt text (the last message's content, or the prompt); ``bodies`` keeps every
+request body; :attr:`OpenAITestServer.inflight` is how many are being handled now.
 
 Token counts are ``ceil(chars / 4)``, deterministic, so tests can predict costs.
 """
@@ -48,13 +59,18 @@ from typing import Any
 
 Responder = Callable[[str, dict[str, Any]], str]
 FAULT_KINDS = ("429", "500", "slow", "drop", "malformed")
-_ALL_FAULTS = (*FAULT_KINDS, "400")  # 400 (not retryable) only on request: fault("400")
+_BILLED = ("badjson", "nochoices", "nousage", "partial_usage")  # 200s with a defect
+# Only on request, never drawn by fault_rate: not retryable, or billed.
+_ALL_FAULTS = (*FAULT_KINDS, "400", "401", "403", "404", *_BILLED)
 MALFORMED = "<<garbled>> \x00 not what you asked for {"
 
 
 def count_tokens(text: str) -> int:
     """The server's deterministic token count: one token per 4 characters, rounded up."""
     return math.ceil(len(text) / 4)
+
+
+_chars_over_4 = count_tokens  # the default, under a name the constructor's argument leaves free
 
 
 def fingerprint(body: dict[str, Any]) -> str:
@@ -91,13 +107,19 @@ class OpenAITestServer:
         latency_s: float = 0.0,
         api_key: str | None = None,
         models: tuple[str, ...] = ("test-model",),
+        honor_max_tokens: bool = False,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.responder = responder or default_responder
         self.latency_s = latency_s
         self.api_key = api_key
         self.models = models
+        self.honor_max_tokens = honor_max_tokens
+        self.count_tokens = count_tokens or _chars_over_4
         self.calls: Counter[str] = Counter()
         self.paid: Counter[str] = Counter()
+        self.paid_by_prompt: Counter[str] = Counter()
+        self._aimed: list[tuple[str, _Fault, list[int]]] = []
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._queue: deque[_Fault] = deque()
@@ -169,13 +191,37 @@ class OpenAITestServer:
             self._rate_args = (retry_after, delay_s)
             self._rng = random.Random(seed)
 
+    def fault_on(
+        self,
+        prompt_contains: str,
+        kind: str,
+        times: int = 1,
+        retry_after: float = 0.01,
+        delay_s: float = 0.05,
+    ) -> None:
+        """Answer the next ``times`` requests whose prompt contains ``prompt_contains``
+        with fault ``kind`` (before queued and random faults)."""
+        with self._lock:
+            self._aimed.append((prompt_contains, _Fault(kind, retry_after, delay_s), [times]))
+
+    @property
+    def inflight(self) -> int:
+        """Completion requests being handled right now."""
+        with self._lock:
+            return self._inflight
+
     def clear_faults(self) -> None:
         with self._lock:
             self._queue.clear()
+            self._aimed.clear()
             self._rate = 0.0
 
-    def _next_fault(self) -> _Fault | None:
+    def _next_fault(self, prompt: str = "") -> _Fault | None:
         with self._lock:
+            for needle, fault, left in self._aimed:
+                if left[0] > 0 and needle in prompt:
+                    left[0] -= 1
+                    return fault
             if self._queue:
                 return self._queue.popleft()
             if self._rate > 0 and self._rng.random() < self._rate:
@@ -276,14 +322,14 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._error(400, "the test server does not stream", "invalid_request_error")
             return
-        fault = srv._next_fault()
+        fault = srv._next_fault(prompt_of(kind, body))
         if fault is not None:
             srv._count(f"fault:{fault.kind}")
             if self._apply(fault):
                 return
         if srv.latency_s > 0:
             time.sleep(srv.latency_s)
-        self._answer(kind, body, garbage=fault is not None and fault.kind == "malformed")
+        self._answer(kind, body, fault.kind if fault is not None else None)
 
     def _apply(self, fault: _Fault) -> bool:
         """Act out a fault; True when the request is finished (no normal answer)."""
@@ -292,8 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
             hdr = {"Retry-After": ra, "retry-after-ms": str(int(fault.retry_after * 1000))}
             self._error(429, "rate limited (injected)", "rate_limit_exceeded", hdr)
             return True
-        if fault.kind == "400":
-            self._error(400, "bad request (injected)", "invalid_request_error")
+        if fault.kind in ("400", "401", "403", "404"):
+            self._error(int(fault.kind), f"{fault.kind} (injected)", "invalid_request_error")
             return True
         if fault.kind == "500":
             self._error(500, "internal error (injected)", "server_error")
@@ -307,8 +353,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay_s)
         return False
 
-    def _answer(self, kind: str, body: dict[str, Any], garbage: bool) -> None:
+    def _answer(self, kind: str, body: dict[str, Any], defect: str | None) -> None:
         srv = self.owner
+        garbage = defect == "malformed"
         n = int(body.get("n") or 1)
         if kind == "chat":
             prompt_text = "".join(str(m.get("content", "")) for m in body.get("messages", []))
@@ -326,7 +373,9 @@ class _Handler(BaseHTTPRequestHandler):
                 except Exception as e:  # a responder bug is a 500, visibly
                     self._error(500, f"responder raised {type(e).__name__}: {e}", "server_error")
                     return
-                out_tokens += count_tokens(text)
+                if srv.honor_max_tokens and body.get("max_tokens") is not None:
+                    text = _cut(text, int(body["max_tokens"]), srv.count_tokens)
+                out_tokens += srv.count_tokens(text)
                 idx = pi * n + j
                 if kind == "chat":
                     msg = {"role": "assistant", "content": text}
@@ -335,7 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
                     choices.append(
                         {"index": idx, "text": text, "finish_reason": "stop", "logprobs": None}
                     )
-        in_tokens = count_tokens(prompt_text)
+        in_tokens = srv.count_tokens(prompt_text)
         usage = {
             "prompt_tokens": in_tokens,
             "completion_tokens": out_tokens,
@@ -350,6 +399,42 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": usage,
         }
         srv._count("ok", prompt_tokens=in_tokens, completion_tokens=out_tokens)
-        with srv._lock:
+        with srv._lock:  # billed: whatever the client makes of the answer, it is paid
             srv.paid[fingerprint(body)] += 1
+            srv.paid_by_prompt[prompt_of(kind, body)] += 1
+        if defect == "badjson":
+            data = b'{"id": "x", "choices": [{"index": 0, "message": '  # cut off mid-body
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if defect == "nochoices":
+            obj["choices"] = []
+        elif defect == "nousage":
+            del obj["usage"]
+        elif defect == "partial_usage":
+            obj["usage"] = {"prompt_tokens": in_tokens}
         self._send(200, obj)
+
+
+def prompt_of(kind: str, body: dict[str, Any]) -> str:
+    """The prompt text a request is about: the last message's content, or the prompt."""
+    if kind == "chat":
+        msgs = body.get("messages") or [{}]
+        return str(msgs[-1].get("content", "")) if isinstance(msgs[-1], dict) else ""
+    p = body.get("prompt", "")
+    return "".join(str(x) for x in p) if isinstance(p, list) else str(p)
+
+
+def _cut(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
+    """The longest prefix of ``text`` that counts at most ``max_tokens`` tokens."""
+    lo, hi = 0, len(text)
+    while lo < hi:  # binary search: count() is monotone in the prefix length
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]

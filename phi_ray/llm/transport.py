@@ -8,30 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections import Counter
 from typing import Any
 
+import httpx
 import openai
 
-from phi_ray.llm.budget import cost_usd
-from phi_ray.llm.cache import CachedAnswer, ResponseCache
+from phi_ray.llm.budget import Worst, cost_usd, find_price
+from phi_ray.llm.cache import CachedAnswer, ResponseCache, Sent
 from phi_ray.llm.types import Failure, LLMError, Request, Result
 
 log = logging.getLogger("phi_ray.llm")
 
-PENDING = object()  # a budget refused the call: not failed, just not done
+PENDING = object()  # a budget or a fatal error stopped the call: not failed, not done
+BUSY = object()  # another process holds this prompt's lease: wait for its answer
 _FATAL = (401, 403, 404)  # wrong key / model / URL: every call would fail the same way
 _RETRY_STATUS = (408, 409, 429)  # plus every 5xx
-_BAD_RESPONSE = (
-    ValueError,
-    KeyError,
-    TypeError,
-    AttributeError,
-    IndexError,
-    openai.APIResponseValidationError,
-)
 
 
 def _retry_after(e: openai.APIStatusError, cap: float) -> float | None:
@@ -49,8 +44,11 @@ def _retry_after(e: openai.APIStatusError, cap: float) -> float | None:
 class Transport:
     """HTTP attempts against ``cfg.base_url`` under a limiter; paid answers go to the cache.
 
-    ``stop`` holds the budget message once the limiter refused a call: from then on no new
-    attempt starts (answers already in flight still land in the cache).
+    ``stop`` holds the budget message once the limiter refused a call, ``fatal`` the error
+    once the endpoint answered 401/403/404: from then on no new attempt starts, and the
+    answers already in flight still land in the cache (they are paid).
+    ``endpoint`` names the endpoint in cache keys; ``lease_s`` is how long a write-ahead
+    record holds a prompt for this process (longer than one attempt can take).
     """
 
     def __init__(
@@ -65,6 +63,9 @@ class Transport:
         self._key = api_key
         self._clients: dict[int, openai.AsyncOpenAI] = {}
         self.stop: str | None = None
+        self.fatal: LLMError | None = None
+        self.endpoint = endpoint_id(cfg)
+        self.lease_s = cfg.timeout_s * 1.5 + 30.0
 
     def openai(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
@@ -85,41 +86,80 @@ class Transport:
         step = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))
         return step / 2 + random.uniform(0, step / 2)
 
-    async def call(self, req: Request, model: str, params: dict, key: str, acc: Result):
+    def worst(self, req: Request, model: str, params: dict) -> Worst:
         n = int(params.get("n", 1) or 1)
-        est_out = int(params.get("max_tokens") or self.cfg.max_tokens) * n
-        est_in = req.estimate_prompt_tokens()
-        est = (est_in + est_out, cost_usd(model, est_in, est_out, self.cfg.prices))
+        out = int(params.get("max_tokens") or self.cfg.max_tokens) * n
+        price = find_price(model, self.cfg.prices) or {}
+        return Worst(req.prompt_bound(), out, price.get("input", 0.0), price.get("output", 0.0))
+
+    async def call(self, req: Request, model: str, params: dict, key: str, acc: Result):
+        """Attempts until an answer, a failure, a stop, or another owner's lease.
+
+        Returns a :class:`CachedAnswer` (paid now, or found done while claiming), a
+        :class:`Failure`, ``PENDING`` (a budget or a fatal error stopped new calls), or
+        ``BUSY`` (another process holds this prompt's lease: wait for its answer).
+        """
+        worst = self.worst(req, model, params)
+        sent = Sent(req.id, req.kind, model, self.endpoint, worst.prompt, worst.out)
         last = "no attempt made"
         for attempt in range(1, self.cfg.max_attempts + 1):
-            if self.stop:
+            if self.stop or self.fatal:
                 return PENDING
-            lease, why = await self.limiter.acquire(*est)
+            lease, why = await self.limiter.acquire(worst)
             if lease is None:
                 self.stop = self.stop or why
                 return PENDING
-            paid, delay = (0, 0.0), None
-            self.stats["attempts"] += 1
-            acc.attempts += 1
+            paid, delay = (0, 0.0, None), None
             try:
-                ans = await self._send(req, model, params)
                 if self.cache is not None:
-                    self.cache.put(key, ans)  # committed before anyone parses it
-                paid = (ans.prompt_tokens + ans.completion_tokens, ans.cost_usd)
+                    # The write-ahead record, taken with the slot in hand so the lease is
+                    # fresh when the request leaves; renewed at every attempt.
+                    state, info = self.cache.claim(key, sent, self.lease_s)
+                    if state == "done":
+                        return info
+                    if state == "raw":
+                        return self.settle(key, *info)
+                    if state == "busy":
+                        return BUSY
+                    if info is not None:
+                        self.stats["lease_takeovers"] += 1
+                if self.stop or self.fatal:  # set while we waited for the slot
+                    return PENDING
+                self.stats["attempts"] += 1
+                acc.attempts += 1
+                resp = await self._post(req, model, params)
+                # A 200 is paid: keep its body before anything else can fail or wait.
+                raw = resp.content
+                if self.cache is not None:
+                    self.cache.put_raw(key, raw, sent)
+                ans = parse_body(raw, sent, self.cfg.prices)
+                if self.cache is not None:
+                    self.cache.settle(key, ans)
+                ratio = (
+                    ans.completion_tokens / worst.out if worst.out and ans.status == "ok" else None
+                )
+                paid = (ans.prompt_tokens + ans.completion_tokens, ans.cost_usd, ratio)
+                acc.cached = False
+                acc.prompt_tokens += ans.prompt_tokens
+                acc.completion_tokens += ans.completion_tokens
+                acc.cost_usd += ans.cost_usd
                 self.stats.update(
                     api_calls=1,
                     prompt_tokens=ans.prompt_tokens,
                     completion_tokens=ans.completion_tokens,
                     cost_usd=ans.cost_usd,
                 )
+                if ans.status != "ok":
+                    self.stats["malformed_200"] += 1
                 return ans
             except openai.APIStatusError as e:
                 code = e.status_code
                 if code in _FATAL:
-                    raise LLMError(
+                    self.fatal = self.fatal or LLMError(
                         f"{self.cfg.base_url} answered {code} for model {model!r}: {e.message}. "
                         f"Check llm.base_url, llm.model and the key in ${self.cfg.api_key_env}."
-                    ) from None
+                    )
+                    return PENDING
                 if code not in _RETRY_STATUS and code < 500:
                     return Failure(req.id, f"http_{code}", str(e.message)[:500], None, req.meta)
                 last = f"http {code}: {e.message}"
@@ -132,9 +172,6 @@ class Transport:
             except openai.APIConnectionError as e:
                 last = f"connection error: {e}"
                 self.stats["retry_connection"] += 1
-            except _BAD_RESPONSE as e:
-                last = f"unusable response: {type(e).__name__}: {e}"
-                self.stats["retry_bad_response"] += 1
             finally:
                 await self.limiter.release(lease, *paid)
             if attempt < self.cfg.max_attempts:
@@ -160,28 +197,22 @@ class Transport:
             req.meta,
         )
 
-    async def _send(self, req: Request, model: str, params: dict) -> CachedAnswer:
-        # The low-level post with a plain dict answer: the typed ``create`` methods spend
-        # ~3x more CPU per call validating and building pydantic models we do not need.
+    def settle(self, key: str, raw: bytes, sent: Sent) -> CachedAnswer:
+        """Parse a body that was paid and committed but not parsed (its process died)."""
+        ans = parse_body(raw, sent, self.cfg.prices)
+        if self.cache is not None:
+            self.cache.settle(key, ans)
+        return ans
+
+    async def _post(self, req: Request, model: str, params: dict) -> Any:
+        # The low-level post with the raw HTTP response: the body must reach the cache
+        # unparsed (a body the SDK could not parse would otherwise be lost, though paid),
+        # and the typed ``create`` methods cost ~3x more CPU per call.
         if req.kind == "chat":
             path, body = "/chat/completions", {"model": model, "messages": req.messages}
         else:
             path, body = "/completions", {"model": model, "prompt": req.prompt}
-        resp = await self.openai().post(path, body={**body, **params}, cast_to=dict)
-        choices = resp["choices"]
-        if not choices:
-            raise ValueError("no choices in the answer")
-        if req.kind == "chat":
-            texts = [c["message"].get("content") or "" for c in choices]
-        else:
-            texts = [c.get("text") or "" for c in choices]
-        usage = resp.get("usage")
-        if usage:
-            pt, ct = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
-        else:  # some servers omit usage: count our conservative estimate
-            pt, ct = req.estimate_prompt_tokens(), sum(len(t) // 3 + 1 for t in texts)
-        model_used = resp.get("model") or model
-        return CachedAnswer(texts, model_used, pt, ct, cost_usd(model, pt, ct, self.cfg.prices))
+        return await self.openai().post(path, body={**body, **params}, cast_to=httpx.Response)
 
     async def aclose(self) -> None:
         """Close the HTTP clients of the running loop (call on the loop that used them)."""
@@ -189,3 +220,78 @@ class Transport:
         client = self._clients.pop(loop_id, None)
         if client is not None:
             await client.close()
+
+
+def endpoint_id(cfg: Any) -> str:
+    """The endpoint's name in cache keys: ``llm.endpoint_id``, else the base URL."""
+    return getattr(cfg, "endpoint_id", None) or (cfg.base_url or "").rstrip("/")
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _texts(obj: Any, kind: str) -> list[str]:
+    """The choices' texts; ValueError when the body has none a caller could read."""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise ValueError("no choices in the answer")
+    texts = []
+    for c in choices:
+        if not isinstance(c, dict):
+            raise ValueError(f"a choice is {type(c).__name__}, not an object")
+        if kind == "chat":
+            msg = c.get("message")
+            text = msg.get("content") if isinstance(msg, dict) else None
+            if msg is None or not isinstance(msg, dict):
+                raise ValueError("a chat choice has no message")
+        else:
+            text = c.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"a choice's text is {type(text).__name__}, not a string")
+        texts.append(text or "")  # None (a refusal, a tool call): unusable, the parser says so
+    return texts
+
+
+def parse_body(raw: bytes, sent: Sent, prices: dict[str, dict[str, float]]) -> CachedAnswer:
+    """A 200's body as an answer; never raises (a body it cannot read is "malformed").
+
+    Missing or invalid usage fields are estimated from above, never re-requested: the
+    prompt by its bound, the output by its UTF-8 bytes (byte-level BPE makes at most one
+    token per byte), and, when even the texts are unreadable, by the output cap.
+    """
+    obj: Any = None
+    error = None
+    try:
+        obj = json.loads(raw)
+        texts = _texts(obj, sent.kind)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        texts, error = [], f"malformed 200 response: {e}"
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    pt, ct = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    total = _count(usage.get("total_tokens"))
+    if pt is None and ct is not None and total is not None and total >= ct:
+        pt = total - ct
+    if ct is None and pt is not None and total is not None and total >= pt:
+        ct = total - pt
+    if pt is None:
+        pt = sent.prompt_bound
+    if ct is None:
+        ct = (
+            sum(len(t.encode("utf-8", "surrogatepass")) + 4 for t in texts)
+            if texts
+            else sent.max_out
+        )
+    model = sent.model
+    answered = obj.get("model") if isinstance(obj, dict) else None
+    return CachedAnswer(
+        texts,
+        answered if isinstance(answered, str) and answered else model,
+        pt,
+        ct,
+        cost_usd(model, pt, ct, prices),
+        "ok" if error is None else "malformed",
+        error,
+        None if error is None else raw[:65536],
+    )

@@ -67,9 +67,14 @@ class Request:
     def kind(self) -> Literal["chat", "completion"]:
         return "chat" if self.messages is not None else "completion"
 
-    def cache_key(self, model: str, params: dict[str, Any]) -> str:
-        """sha256 of (model, messages/prompt, parameters, prompt version, salt)."""
+    def cache_key(self, model: str, params: dict[str, Any], endpoint: str = "") -> str:
+        """sha256 of (endpoint, model, messages/prompt, parameters, prompt version, salt).
+
+        The endpoint is in the key because two servers answering for one model name (a
+        provider and a local vLLM, two fine-tunes behind one name) give different answers.
+        """
         blob = {
+            "endpoint": endpoint,
             "kind": self.kind,
             "model": model,
             "messages": self.messages,
@@ -80,10 +85,24 @@ class Request:
         }
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
-    def estimate_prompt_tokens(self) -> int:
-        """A deliberately high estimate (3 chars per token) used to reserve budget."""
-        text = self.prompt or "".join(str(m.get("content", "")) for m in self.messages or [])
-        return len(text) // 3 + 8
+    def prompt_bound(self) -> int:
+        """An upper bound on the prompt's tokens, whatever the tokenizer.
+
+        Byte-level BPE (GPT-2, cl100k, o200k, Llama 3) never makes more tokens than the
+        text has UTF-8 bytes, so bytes bound the text; the chat template adds a few tokens
+        per message (OpenAI documents 3-4), bounded here by 8. A CJK character is 3 bytes
+        and 1-2 tokens: an estimate such as ``len // 3`` undercounts it, this cannot.
+        """
+        if self.prompt is not None:
+            return len(self.prompt.encode("utf-8", "surrogatepass")) + 8
+        total = 8
+        for m in self.messages or []:
+            for v in m.values():
+                total += len(str(v).encode("utf-8", "surrogatepass"))
+            total += 8
+        return total
+
+    estimate_prompt_tokens = prompt_bound  # the older name
 
 
 @dataclass

@@ -63,9 +63,7 @@ def paid_for(client: Any, req: Any, model: str) -> tuple[int, int, float]:
     A cached answer costs nothing in this session, but its row's provenance still says
     what producing it cost; the cache keeps that per request.
     """
-    if client.cache is None:
-        return 0, 0, 0.0
-    hit = client.cache.get(req.cache_key(model, dict(req.params)))
+    hit = client.cached_answer(req)  # the client's key: endpoint, model and parameters
     if hit is None:
         return 0, 0, 0.0
     return hit.prompt_tokens, hit.completion_tokens, hit.cost_usd
