@@ -12,7 +12,7 @@ from typing import Any
 
 from phi_ray.evaluate.passk import counts_by_task, split_pass_at_k, summarize_pass_at_k
 from phi_ray.evaluate.problems import Problem, ProblemError, read_jsonl
-from phi_ray.evaluate.sandbox import Limits, Sandbox, probe_isolation
+from phi_ray.evaluate.sandbox import Check, Isolation, Limits, Sandbox
 
 
 def read_samples(path: str) -> list[dict[str, Any]]:
@@ -25,10 +25,15 @@ def read_samples(path: str) -> list[dict[str, Any]]:
 
 
 def sandbox_from_config(ecfg: Any) -> Sandbox:
-    """A :class:`Sandbox` with the limits of an ``EvaluateConfig``."""
+    """A :class:`Sandbox` with the limits of an ``EvaluateConfig``; refuses a weak mode
+    (:class:`~phi_ray.sandbox.WeakSandboxError`) unless ``allow_weak_sandbox``."""
     limits = Limits(ecfg.timeout_s, ecfg.memory_mb, ecfg.max_procs, ecfg.max_file_mb)
-    iso = probe_isolation(ecfg.sandbox_uid_base, ecfg.sandbox_python)
-    return Sandbox(limits, ecfg.parallel, ecfg.sandbox_uid_base, iso)
+    sb = Sandbox(limits, ecfg.parallel, ecfg.sandbox_uid_base, allow_weak=ecfg.allow_weak_sandbox)
+    if ecfg.sandbox_python:
+        sb.close()
+        iso = Isolation(str(sb.mode), ecfg.sandbox_python)
+        sb = Sandbox(limits, ecfg.parallel, ecfg.sandbox_uid_base, iso, ecfg.allow_weak_sandbox)
+    return sb
 
 
 def execute_samples(
@@ -41,15 +46,21 @@ def execute_samples(
         raise ProblemError(
             f"samples name {len(unknown)} task id(s) not in the benchmark, e.g. {unknown[:3]}"
         )
-    programs = [by_id[s["task_id"]].program(s["completion"]) for s in samples]
+    # The judge runs each problem's test outside the completion's process (see
+    # phi_ray.sandbox.judge): a completion cannot reach the verdict.
+    jobs = [_job(by_id[s["task_id"]], s["completion"]) for s in samples]
     t0 = time.perf_counter()
-    results = sandbox.run(programs, progress=True)
+    results = sandbox.run(jobs, progress=True)
     wall = time.perf_counter() - t0
     rows = [
         {**s, "passed": r.passed, "result": r.result, "duration_s": round(r.duration_s, 4)}
         for s, r in zip(samples, results, strict=True)
     ]
     return rows, wall
+
+
+def _job(p: Problem, completion: str) -> Check:
+    return Check(p.prompt, completion, p.test, p.entry_point)
 
 
 def summarize(

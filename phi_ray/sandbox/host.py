@@ -271,7 +271,7 @@ class Sandbox:
                 "view": work if self.mode != "none" else "",
                 "workdir": work,
                 "trees": trees,
-                "tmp_mb": self.limits.max_file_mb,
+                "tmp_mb": 2 * self.limits.max_file_mb + 1,  # RLIMIT_FSIZE stops a file first
                 "pidns": self.mode != "none",
                 "cand_uid": self.uids[i] if root else None,
                 "judge_uid": self.uids[i] + 1 if root else None,
@@ -318,7 +318,7 @@ class Sandbox:
         return out
 
     def _run_slot(self, job: Job | str) -> ExecResult:
-        server = self._slots.get()
+        server = self._slots.get()  # thread-safe: one job per slot at a time
         try:
             return self.run_one(job, server)
         finally:
@@ -326,9 +326,10 @@ class Sandbox:
 
     def run_one(self, job: Job | str, server: _Server | None = None) -> ExecResult:
         """Execute one job in a fresh candidate and judge; never raises for the job."""
+        if server is None:
+            return self._run_slot(job)
         if isinstance(job, str):
             job = Script(job)
-        server = server or self._servers[0]
         lim, t0 = self.limits, time.monotonic()
         try:
             cand, judge = (json.dumps(p).encode("utf-8", "surrogatepass") for p in job.payloads())

@@ -26,6 +26,7 @@ class Checks:
     drop_failing: bool = True  # drop rows whose examples fail, error or time out
     require_examples: bool = False  # drop rows without any example to run
     run_examples: bool = True
+    allow_weak_sandbox: bool = False  # run examples even where the sandbox is weak
 
 
 def _exec_verdict(res: sandbox.ExecResult, checks: Checks) -> str:
@@ -39,7 +40,9 @@ def _exec_verdict(res: sandbox.ExecResult, checks: Checks) -> str:
 def _run(code: str, sessions: list[str], checks: Checks) -> sandbox.ExecResult:
     if not checks.run_examples:
         return sandbox.ExecResult(sandbox.NOT_RUN)
-    return sandbox.run_examples(code, sessions, checks.exec_timeout_s, checks.exec_memory_mb)
+    return sandbox.run_examples(
+        code, sessions, checks.exec_timeout_s, checks.exec_memory_mb, checks.allow_weak_sandbox
+    )
 
 
 def _parses(code: str) -> bool:
