@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench install install-dev clean
+.PHONY: demo test lint format bench install install-dev clean check-compat
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -41,6 +41,11 @@ lint: install-dev
 format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## check-compat: the exported model loads under transformers 4.57 with the same ids and
+## logits as under 5.x (builds a cached venv on first use: ~2 min; then ~1 min)
+check-compat: install-dev
+	PHI_RAY_COMPAT=1 $(BIN)/python -m pytest tests/export/test_export_tf4.py $(PYTEST_ARGS)
 
 ## bench: each benchmark prints ratios against a baseline run in the same process
 bench: install-dev
