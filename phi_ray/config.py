@@ -760,6 +760,7 @@ def _deep_merge(base: dict, over: dict) -> dict:
 # "billion laughs" document (a few hundred bytes, 9**9 nodes once expanded) is refused
 # before anything walks it.
 MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 100
 
 
 def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
@@ -799,9 +800,20 @@ def _check_expanded_size(root: yaml.Node, where: str) -> None:
 
 
 class _Bounded:
-    """Loader mixin: refuse a document too large once its aliases are expanded."""
+    """Loader mixin: refuse a document too deep, or too large once its aliases are expanded."""
 
     where = "<yaml>"
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # The composer is PyYAML's one recursive part: bound it before Python's stack is.
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{self.where}: YAML nested more than {MAX_YAML_DEPTH} deep")
+            return super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            self._depth -= 1
 
     def get_single_node(self) -> yaml.Node | None:
         node = super().get_single_node()  # type: ignore[misc]

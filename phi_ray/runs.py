@@ -48,6 +48,56 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def tree_fingerprint(
+    uri: str, suffixes: tuple[str, ...], skip_dirs: frozenset[str] = frozenset()
+) -> str:
+    """A fingerprint of the files under ``uri`` ending in ``suffixes``: their relative
+    paths, sizes and modification times, hashed as they are listed; no file is opened.
+
+    Locally the tree is walked one directory at a time in sorted order, so the cost is one
+    ``stat`` per file and memory is one directory's entries, however large the tree
+    (``skip_dirs``: directory names not descended into). On an object store it is pyarrow's
+    recursive listing (size and last-modified per object; pyarrow exposes no ETag). A
+    missing root has its own fingerprint; the reader reports it.
+    """
+    h = hashlib.sha256()
+    fs, root = resolve_fs(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        if os.path.isfile(root):
+            _hash_stat(h, os.path.basename(root), root)
+        elif not os.path.isdir(root):
+            h.update(b"missing")
+        for d, dirs, names in os.walk(root):
+            dirs[:] = sorted(x for x in dirs if x not in skip_dirs)
+            for n in sorted(names):
+                if n.endswith(suffixes):
+                    p = os.path.join(d, n)
+                    _hash_stat(h, os.path.relpath(p, root), p)
+        return h.hexdigest()[:16]
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    elif info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    else:
+        infos = []
+        h.update(b"missing")
+    for i in sorted(infos, key=lambda i: i.path):
+        if i.type == pafs.FileType.File and i.path.endswith(suffixes):
+            mtime = i.mtime_ns if i.mtime_ns is not None else -1
+            h.update(f"{i.path}\0{i.size}\0{mtime}\n".encode(errors="surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+def _hash_stat(h: Any, rel: str, path: str) -> None:
+    try:
+        st = os.stat(path)  # through a link: a changed target is a changed input
+        line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"
+    except OSError:  # dangling link, vanished file: still part of the listing
+        line = f"{rel}\0-1\n"
+    h.update(line.encode(errors="surrogateescape"))
+
+
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
 

@@ -15,22 +15,24 @@ Counts are small distributed tallies (one row per block and reason), never row l
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
+import sys
 from collections import Counter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from phi_ray.config import Config, CorpusConfig
-from phi_ray.corpus import dedup
+from phi_ray.config import Config, CorpusConfig, resolve_path
+from phi_ray.corpus import dedup, stackoverflow
 from phi_ray.corpus.filters import READ_REASONS
 from phi_ray.corpus.minhash import lsh_params
 from phi_ray.corpus.process import CORPUS_COLUMNS, process_batch, tokenizer_spec
-from phi_ray.corpus.readers import CorpusError, is_code, read_source, source_name
-from phi_ray.runs import RunDir, StageResult
+from phi_ray.corpus.readers import CorpusError, is_code, read_source, source_name, stdlib_root
+from phi_ray.runs import RunDir, StageResult, tree_fingerprint
 from phi_ray.runtime import init_ray
 
 log = logging.getLogger("phi_ray.corpus")
@@ -53,7 +55,7 @@ _ROWS_PER_PARTITION = 8_000_000  # LSH shuffle: (key, uid) rows per hash partiti
 def run(cfg: Config, run: RunDir) -> StageResult:
     """Build ``ingest/corpus/`` from ``cfg.corpus``; skipped when already up to date."""
     init_ray(cfg)
-    h = run.config_hash(cfg, ("corpus",))
+    h = run.config_hash(cfg, ("corpus",), inputs=input_fingerprint(cfg.corpus))
     with run.stage(STAGE, h) as out:
         if out.skipped:
             return out.result
@@ -62,6 +64,32 @@ def run(cfg: Config, run: RunDir) -> StageResult:
         res = out.finish(**result)
     passes.clear()  # only once the output is in place: a crash before keeps the work
     return res
+
+
+# Not part of the stdlib source (the reader skips them); a pip install or a compiled .pyc
+# under a system Python must not look like new input.
+_STDLIB_SKIP = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+)
+
+
+def input_fingerprint(ccfg: CorpusConfig) -> str:
+    """A fingerprint of every source's input files (listing, sizes, mtimes; nothing read),
+    so added, removed or rewritten inputs rerun ingest and, through its output, every
+    stage after it. A hub source is named by its config only (the hub has no listing)."""
+    parts = []
+    for src in ccfg.sources:
+        if src.kind == "stdlib":
+            fp = f"{sys.version}|{tree_fingerprint(stdlib_root(), ('.py',), _STDLIB_SKIP)}"
+        elif src.kind == "hub":
+            fp = "hub"
+        else:
+            suffixes = {"local_dir": (".py",), "stack_parquet": (".parquet",)}
+            fp = tree_fingerprint(
+                resolve_path(src.path), suffixes.get(src.kind, stackoverflow.SUFFIXES)
+            )
+        parts.append(f"{src.kind}:{fp}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 class Passes:
