@@ -80,14 +80,35 @@ def _example(ns: dict, spaces: dict, req: dict) -> dict:
     out, real, hook = _BoundedIO(), sys.stdout, sys.displayhook
     sys.stdout = out
     sys.displayhook = sys.__displayhook__
+    name, value = f"<doctest {req['ns']}>", None
     try:
-        exec(compile(req["src"], f"<doctest {req['ns']}>", "single"), glob)
+        try:  # an expression: its value goes back as data, the judge prints it
+            code, single = compile(req["src"], name, "eval"), False
+        except SyntaxError:
+            code, single = compile(req["src"], name, "exec"), True
+        if single:
+            exec(compile(req["src"], name, "single"), glob)
+        else:
+            value = _shown(eval(code, glob))
         err = None
     except BaseException as e:  # noqa: BLE001
         err = {**wire.encode_exception(e), "line": _exc_line(e)}
     finally:
         sys.stdout, sys.displayhook = real, hook
-    return {"out": out.getvalue(), "err": err}
+    return {"out": out.getvalue(), "err": err, **(value or {})}
+
+
+def _shown(v: object) -> dict | None:
+    """How an expression's value is shown: as data when it is plain (the judge then
+    writes its repr itself), else as this process's repr text."""
+    if v is None:
+        return None
+    if not hasattr(v, "__next__"):
+        try:
+            return {"value": wire.encode(v)}
+        except TypeError:
+            pass
+    return {"repr": repr(v)[:MAX_OUT]}
 
 
 def serve(rfd: int, wfd: int, code: str, filename: str, module: bool) -> None:

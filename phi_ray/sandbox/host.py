@@ -248,12 +248,16 @@ class Sandbox:
         self.mode = modes.choose(self.allow_weak, self.mode)
         self.parallel = min(self.parallel or os.cpu_count() or 1, 128)
         self.python = os.path.realpath(self.python or sys.executable)
-        root = os.geteuid() == 0
+        # Separate uids need root and the strong mode's view (unshare -r maps one uid
+        # only; without a view the interpreter may sit under a directory they cannot read).
+        root = os.geteuid() == 0 and self.mode == "strong"
         self.base = tempfile.mkdtemp(prefix="phi-ray-sandbox-")
         os.chmod(self.base, 0o711)
         tag = os.path.basename(self.base)
         mem_b = self.limits.memory_mb << 20
-        self.cgroups = SlotCgroups(self.parallel, mem_b, self.limits.max_procs, tag)
+        self.cgroups = SlotCgroups(
+            self.parallel, mem_b, self.limits.max_procs, tag, enabled=self.mode != "userns"
+        )
         # Uids differ per evaluating process, so two evaluations never share a quota:
         # candidate base + 2 * (256 * (pid mod 2^20) + slot), its judge the next uid.
         first = self.uid_base + 512 * (os.getpid() % (1 << 20))
@@ -280,8 +284,6 @@ class Sandbox:
                 "cgroups": self.cgroups.dirs[i],
                 "cgroup_version": self.cgroups.version,
             }
-            if self.mode == "none" and root:
-                os.chmod(work, 0o711)
             self._servers.append(_Server(cfg, prefix, self.python))
             self._slots.put(self._servers[-1])
         self._lock = threading.Lock()
@@ -362,14 +364,14 @@ def signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _why_dead(ans: dict) -> str:
+def _why_dead(ans: dict, said: str = "") -> str:
     """Why the candidate stopped, from its wait status (the only thing it cannot fake
-    about itself) and the cgroup's OOM counter."""
+    about itself), the cgroup's OOM counter, else what the judge saw."""
     if ans.get("stop") == "memory" or ans.get("oom"):
         return "killed (memory limit of the sample)"
     st = ans.get("cand_status")
     if not isinstance(st, int):
-        return "the program stopped answering"
+        return said.removeprefix("failed: ") or "the program stopped answering"
     if os.WIFSIGNALED(st):
         name = signal_name(os.WTERMSIG(st))
         hint = {"SIGXCPU": " (cpu time limit)", "SIGKILL": " (cpu or memory limit)"}.get(name, "")
@@ -391,7 +393,7 @@ def verdict(ans: dict, job: Job) -> ExecResult:
         why = f"judge stopped ({signal_name(os.WTERMSIG(st))})" if isinstance(st, int) and os.WIFSIGNALED(st) else "no verdict from the judge"
         return _failed(job, f"failed: sandbox error ({why})", dt)
     if v.get("gone"):
-        return _failed(job, f"failed: {_why_dead(ans)}", dt)
+        return _failed(job, f"failed: {_why_dead(ans, str(v.get('result', '')))}"[:500], dt)
     if isinstance(job, Doctest):
         status = str(v.get("status", "error"))
         return ExecResult(status == "passed", status, dt, status=status,

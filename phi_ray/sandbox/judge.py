@@ -169,6 +169,13 @@ def _doctest(chan: _Channel, job: dict, loaded: dict) -> dict:
             attempted += 1
             ans = chan.ask({"op": "example", "ns": name, "src": ex.source})
             got, err = str(ans.get("out", ""))[: 1 << 20], ans.get("err")
+            if err is None and "value" in ans:  # plain data: printed here, not there
+                try:
+                    got += repr(wire.decode(ans["value"])) + "\n"
+                except wire.WireError:
+                    got += "<malformed value>\n"
+            elif err is None and "repr" in ans:
+                got += str(ans["repr"])[: 1 << 20] + "\n"
             if err is None:
                 ok = checker.check_output(ex.want, got, flags)
             else:

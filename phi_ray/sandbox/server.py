@@ -226,6 +226,21 @@ def _wait(cfg: dict, hdr: dict, vr: int, cand: int, judge_pid: int) -> tuple[byt
             return data, "memory"
 
 
+def _reap(pid: int, grace_s: float) -> int | None:
+    """``pid``'s wait status if it has exited (waiting up to ``grace_s``), else None."""
+    end = time.monotonic() + grace_s
+    while True:
+        try:
+            got, st = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got:
+            return st
+        if time.monotonic() >= end:
+            return None
+        time.sleep(0.005)
+
+
 def _parse_verdict(data: bytes) -> object:
     """The judge's one frame, or None if it is not exactly one well-formed frame."""
     if len(data) < 4 or int.from_bytes(data[:4], "big") != len(data) - 4:
@@ -258,13 +273,18 @@ def _one(cfg: dict, hdr: dict) -> dict:
         os.close(fd)
     data, stop = _wait(cfg, hdr, vr, cand, judge_pid)
     os.close(vr)
+    verdict = _parse_verdict(data)
+    # Did the candidate end on its own (its status explains a failure), or is it still
+    # running and about to be killed by us (then its status says nothing)?
+    died = _reap(cand, 0.2 if isinstance(verdict, dict) and verdict.get("gone") else 0.0)
     statuses = _kill_all(cfg, {cand, judge_pid})
+    statuses[cand] = died
     if cfg["view"]:
         jail.reset_tmp(cfg["tmp_mb"], only_dirty=True)
     else:
         shutil.rmtree(work, ignore_errors=True)
     return {
-        "verdict": _parse_verdict(data),
+        "verdict": verdict,
         "stop": stop,
         "judge_status": statuses.get(judge_pid),
         "cand_status": statuses.get(cand),
