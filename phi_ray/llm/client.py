@@ -209,10 +209,10 @@ class LLMClient:
         self, requests: Sequence[Request], parser: Parser | None = None, desc: str = "llm"
     ) -> BatchResult:
         """Answer many requests concurrently; see :mod:`phi_ray.llm` for the semantics."""
+        before = Counter(self.stats)  # the first batch also reports what start-up recovered
         await self._ensure_configured()
         self._t.stop = None
         self._t.fatal = None
-        before = Counter(self.stats)
         queue = list(enumerate(requests))
         queue.reverse()
         slots: list[Result | Failure | None] = [None] * len(requests)

@@ -68,7 +68,7 @@ def test_a_capped_ledger_runs_one_call_until_it_has_seen_an_answer_then_scales_r
         await asyncio.sleep(0.05)
         assert not second.done()  # one call at a time until one answer was seen
         await core.release(a, 10 + 150, 0.0, 150 / 50)  # it answered 3x its max_tokens
-        b, _ = await asyncio.wait_for(second, 2)
+        assert (await asyncio.wait_for(second, 2))[0] is not None
         assert core.ledger.out_ratio == 3.0
         assert core.ledger.reserved_tokens == 10 + 150  # b's output reserved at 3x
         c, _ = await core.acquire(Worst(10, 50))
