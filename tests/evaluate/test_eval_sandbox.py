@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from phi_ray.evaluate.sandbox import Isolation, Limits, Sandbox, probe_isolation
+from phi_ray.evaluate.sandbox import Limits, Sandbox, probe_isolation
 
 ISO = probe_isolation()
-DROPS_UID = ISO.drop_uid
-NAMESPACES = ISO.mode in ("namespaces+uid", "userns")
+DROPS_UID = ISO.mode == "strong"
+NAMESPACES = ISO.mode in ("strong", "userns")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_hostile_samples_fail_and_neighbours_are_unaffected(
         "kill": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
     }
     if DROPS_UID:
-        hostile["home"] = "import os\nprint(os.listdir('/root'))\n"
+        hostile["home"] = "import os\nprint(os.listdir('/root/.ssh'), os.listdir('/work'))\n"
     progs = [good, *hostile.values(), good]
     t0 = time.monotonic()
     res = sandbox.run(progs)
@@ -131,19 +131,26 @@ def test_fork_bomb_is_contained(sandbox):
     assert not [u for u in out if int(u) in uids], "sandboxed processes survived their run"
 
 
-def test_socket_guard_fallback(listener):
-    # The weakest mode (no namespaces) still refuses sockets inside the interpreter.
-    port, got = listener
-    guard = Isolation("guard", ISO.python, False)
-    with Sandbox(Limits(timeout_s=5.0), parallel=1, isolation=guard) as sb:
-        res = sb.run(
-            [f"import socket\nsocket.create_connection(('127.0.0.1', {port}))\n", "assert True"]
+def test_samples_go_through_the_judge(tmp_path):
+    # execute_samples builds Check jobs: a completion that exits early, or returns an
+    # object equal to everything, fails; the reference-style program is never run whole.
+    from phi_ray.evaluate.execute import execute_samples
+    from phi_ray.evaluate.problems import Problem
+
+    p = Problem("T/0", 'def f(x):\n    """Double."""\n', "def check(c):\n    assert c(2) == 4\n", "f")
+    samples = [
+        {"task_id": "T/0", "completion": c}
+        for c in (
+            "    return 2 * x\n",
+            "    import os\n    os._exit(0)\n",
+            "    class E:\n        __eq__ = lambda s, o: True\n    return E()\n",
         )
-    assert not res[0].passed and "PermissionError" in res[0].result
-    assert res[1].passed
-    assert got == []
+    ]
+    with Sandbox(Limits(timeout_s=5.0), parallel=2) as sb:
+        rows, _ = execute_samples([p], samples, sb)
+    assert [r["passed"] for r in rows] == [True, False, False], rows
 
 
 def test_isolation_mode_as_root():
     if os.geteuid() == 0:
-        assert ISO.mode == "namespaces+uid" and ISO.drop_uid
+        assert ISO.mode == "strong"
