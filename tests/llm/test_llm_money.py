@@ -306,3 +306,42 @@ def test_answers_from_one_endpoint_are_not_served_for_another(tmp_path):
         # one server moved to a new URL keeps its answers when it is named
         same = _run(cfg=_cfg(b, endpoint_id=a.base_url), **ask)
         assert {r.value for r in same.results} == {1} and b.calls["ok"] == 5
+
+
+def test_an_object_store_run_keeps_its_cache_under_work_and_a_new_host_restores_it(
+    tmp_path, monkeypatch
+):
+    import tempfile
+
+    from s3_server import S3Server
+
+    from phi_ray.runs import RunDir
+
+    with S3Server(tmp_path / "moto.log") as s3:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        s3.create_bucket("phi")
+        run = RunDir("s3://phi/runs", "llm")
+        uri = run.work_path("annotate")
+        remote = f"{uri.split('://', 1)[1]}/llm_cache.sqlite"
+        for host in ("host1", "host2"):
+            (tmp_path / host).mkdir()
+        with OpenAITestServer(_score) as srv:
+            cfg = _cfg(srv, cache_sync_s=0.2)
+            monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "host1"))
+            with LLMClient(cfg, uri, progress=False, use_ray=False) as llm:
+                assert llm.cache.path.startswith(str(tmp_path / "host1"))
+                first = llm.run_batch(_reqs(8), _parse)
+                deadline = time.monotonic() + 30
+                while llm.sync.pushes == 0:  # the periodic sync, before any close
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                more = llm.run_batch(_reqs(4, "late"), _parse)  # only the final sync has these
+            assert run.fs.get_file_info(remote).size > 0
+            # the head node is replaced: a new host with an empty temp dir
+            monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "host2"))
+            with LLMClient(cfg, uri, progress=False, use_ray=False) as llm:
+                again = llm.run_batch([*_reqs(8), *_reqs(4, "late")], _parse)
+        assert len(first.results) == 8 and len(more.results) == 4
+        assert len(again.results) == 12 and all(r.cached for r in again.results)
+        assert srv.calls["ok"] == 12
