@@ -5,6 +5,12 @@ A stage writes into ``<stage>.tmp-<id>/`` and only a finished stage is moved to
 a later stage takes for complete. Work that must survive a crash (LLM response caches,
 finished scoring shards) lives in ``<run>/.work/<stage>/`` and is reused by a rerun.
 
+A stage is skipped when its hash matches its ``_SUCCESS.json``; the hash folds in its
+config, each upstream stage's output fingerprint (:meth:`RunDir.output_fingerprint`) and,
+for a stage that reads from outside the run, its inputs (:func:`tree_fingerprint`), so new
+data anywhere upstream reruns everything that depends on it. A ``.tmp-`` directory that a
+SIGKILL left behind is removed by the next run of its stage.
+
 Paths are local or ``s3://`` / ``gs://`` URIs, through pyarrow filesystems. On object
 stores there is no atomic rename: files are copied and ``_SUCCESS.json`` is written last,
 so it remains the single commit marker.
@@ -67,7 +73,7 @@ def tree_fingerprint(
             _hash_stat(h, os.path.basename(root), root)
         elif not os.path.isdir(root):
             h.update(b"missing")
-        for d, dirs, names in os.walk(root):
+        for d, dirs, names in os.walk(root):  # nothing for a file or a missing root
             dirs[:] = sorted(x for x in dirs if x not in skip_dirs)
             for n in sorted(names):
                 if n.endswith(suffixes):
