@@ -11,6 +11,7 @@ only repeat the same failure.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from ray import serve
 
-from phi_ray.serving.engine import SeqEvent, SeqSpec
+from phi_ray.serving.engine import SeqEvent, SeqSpec, merge_events
 from phi_ray.serving.errors import ModelUnavailable
 
 log = logging.getLogger("ray.serve")
@@ -92,7 +93,9 @@ class CompletionModel:
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.waits = (batch_wait_timeout_s, max(batch_wait_timeout_s, batch_wait_max_s))
         self.model_dir = model_dir
-        self.counts = {"batches": 0, "sequences": 0}
+        # waiting: sequences queued for a batch; running: in the batch being generated.
+        self.counts = {"batches": 0, "sequences": 0, "waiting": 0, "running": 0}
+        self.batch_sizes: dict[int, int] = {}  # sequences per batch -> batches (/metrics)
         device = _pick_device()
         self.load = _BackgroundLoad(
             f"model {model_dir}", lambda: _load_engine(model_dir, engine, device)
@@ -100,7 +103,12 @@ class CompletionModel:
 
     def status(self) -> dict[str, Any]:
         """Load state, and batch counts (mean batch size = sequences / batches)."""
-        return {"state": self.load.state, "detail": self.load.error, **self.counts}
+        return {
+            "state": self.load.state,
+            "detail": self.load.error,
+            **self.counts,
+            "batch_sizes": dict(self.batch_sizes),
+        }
 
     def check_health(self) -> None:
         """Liveness only: loading and failed-to-load replicas stay up and say why (/healthz)."""
@@ -108,20 +116,27 @@ class CompletionModel:
     async def stream(self, specs: list[SeqSpec]) -> AsyncIterator[list[SeqEvent]]:
         """Yield event lists as text is generated; the last event of each sequence finishes it."""
         engine = self.load.get()
-        source = engine.stream(specs) if engine.continuous else self._batched(specs)
-        async for events in source:
-            if events:
-                yield events
+        # Queue depth: sequences with no output yet (continuous engines queue inside).
+        key = "running" if engine.continuous else "waiting"
+        self.counts[key] += len(specs)
+        try:
+            source = engine.stream(specs) if engine.continuous else self._batched(specs)
+            async for events in source:
+                if key == "waiting":
+                    self.counts[key] -= len(specs)
+                    key = ""
+                if events:
+                    yield events
+        finally:
+            if key:
+                self.counts[key] -= len(specs)
 
     async def complete(self, specs: list[SeqSpec]) -> list[SeqEvent]:
         """Generate to the end; one event per sequence with its whole text."""
-        out = [SeqEvent(i, "", 0) for i in range(len(specs))]
-        async for events in self.stream(specs):
-            for ev in events:
-                out[ev.seq].text += ev.text
-                out[ev.seq].n_tokens = ev.n_tokens
-                out[ev.seq].finish_reason = ev.finish_reason
-        return out
+        events = []
+        async for evs in self.stream(specs):
+            events += evs
+        return merge_events(len(specs), events)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=_n_seqs)
     async def _batched(self, items: list[list[SeqSpec]]) -> AsyncIterator[list[Any]]:
@@ -137,6 +152,17 @@ class CompletionModel:
             owner += [(k, j) for j in range(len(specs))]
             flat += specs
         self.counts["sequences"] += len(flat)
+        self.counts["running"] += len(flat)
+        self.batch_sizes[len(flat)] = self.batch_sizes.get(len(flat), 0) + 1
+        try:
+            async for out in self._generate(engine, items, owner, flat):
+                yield out
+        finally:
+            self.counts["running"] -= len(flat)
+
+    async def _generate(
+        self, engine: Any, items: list[list[SeqSpec]], owner: list[tuple[int, int]], flat: list
+    ) -> AsyncIterator[list[Any]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         job = loop.run_in_executor(
@@ -155,7 +181,7 @@ class CompletionModel:
             per_item: list[Any] = [[] for _ in items]
             for ev in (e for step in events for e in step):
                 k, j = owner[ev.seq]
-                per_item[k].append(SeqEvent(j, ev.text, ev.n_tokens, ev.finish_reason))
+                per_item[k].append(dataclasses.replace(ev, seq=j))
                 left[k] -= ev.finish_reason is not None
             yield [
                 StopIteration if left[k] <= 0 and not per_item[k] else per_item[k]

@@ -49,7 +49,14 @@ def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     etype = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    message, param = _printable(message), _printable(param)
     return {"error": {"message": message, "type": etype, "param": param, "code": code}}
+
+
+def _printable(s: str | None) -> str | None:
+    """``s`` as valid UTF-8: a lone surrogate from the request (an unknown field's name)
+    is written as its escape, so an error message can never fail to encode (a 500)."""
+    return None if s is None else s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(status: int, message: str, **kw: Any) -> JSONResponse:
@@ -64,6 +71,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errs = exc.errors()
     if not errs:
         return "invalid request body", None
+    extra = [str(e["loc"][-1]) for e in errs if e.get("type") == "extra_forbidden"]
+    if extra:  # a parameter this server does not have: say so, rather than ignore it
+        names = ", ".join(repr(x) for x in extra)
+        return f"unsupported parameter(s) {names}: this server does not implement them", extra[0]
     e = errs[0]
     # Union members show up in loc as type tags ("str", "list[str]"): not request fields.
     loc = [str(p) for p in e.get("loc", ()) if p != "body" and str(p) not in _TYPE_TAGS]

@@ -2,8 +2,9 @@
 
 It validates and tokenizes every request itself (with the served model's own tokenizer),
 so a bad request is answered here with a 4xx and never reaches a model replica; it then
-fans a request's prompts out to the model deployment (one call per prompt, ``n``
-sequences each) and assembles OpenAI responses, or server-sent events when ``stream``.
+fans a request's sequences (prompts x ``n``) out to the model deployment in calls of at
+most one batch each, and assembles OpenAI responses, or server-sent events when
+``stream``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from ray import serve
 
-from phi_ray.serving.engine import SeqEvent, SeqSpec
+from phi_ray.serving.engine import SeqEvent
 from phi_ray.serving.errors import (
     APIError,
     APIKeyMiddleware,
@@ -28,8 +29,16 @@ from phi_ray.serving.errors import (
     ModelUnavailable,
     install_error_handlers,
 )
-
-MAX_STOP = 4
+from phi_ray.serving.metrics import Metrics, MetricsMiddleware
+from phi_ray.serving.protocol import (
+    Job,
+    Limits,
+    TokenText,
+    build_job,
+    encode_prompts,
+    format_logprobs,
+)
+from phi_ray.serving.schemas import lone_surrogate
 
 
 @dataclass
@@ -39,23 +48,14 @@ class IngressSettings:
     model_name: str
     model_dir: str
     max_tokens_limit: int
-    max_n: int  # n per prompt: at most one batch
+    max_n: int  # choices per prompt
+    batch: int  # sequences per model call (the model's max batch size)
     max_prompts: int
+    max_stops: int
     max_quality_codes: int
     max_body_bytes: int
     api_key_env: str
     classifier_dir: str | None = None
-
-
-@dataclass
-class _Job:
-    """A validated completion request: one SeqSpec list per prompt."""
-
-    prompts: list[str]
-    specs: list[list[SeqSpec]]
-    prompt_tokens: int
-    echo: bool
-    include_usage: bool = False
 
 
 def _sse(obj: Any) -> str:
@@ -105,7 +105,7 @@ def _unavailable(e: Exception) -> APIError | None:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    """Routes: /v1/completions, /v1/chat/completions, /v1/models, /v1/quality, /healthz."""
+    """OpenAI- and vLLM-compatible routes (``routes.py``) in front of the model and classifier."""
 
     def __init__(self, model: Any, scorer: Any | None, settings: IngressSettings) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -113,12 +113,38 @@ class Ingress:
         self.model, self.scorer, self.s = model, scorer, settings
         self.tokenizer = AutoTokenizer.from_pretrained(settings.model_dir)
         self.context = int(AutoConfig.from_pretrained(settings.model_dir).max_position_embeddings)
+        self.limits = Limits(
+            context=self.context,
+            vocab=len(self.tokenizer),
+            max_tokens=settings.max_tokens_limit,
+            max_n=settings.max_n,
+            max_prompts=settings.max_prompts,
+            max_stops=settings.max_stops,
+            batch=settings.batch,
+        )
+        self.token_text = TokenText(self.tokenizer)
+        self.metrics = Metrics()
         self.api_key = os.environ.get(settings.api_key_env) or None
         self.created = int(time.time())
 
     # ----------------------------------------------------------------------- validation
-    def _check_model(self, name: str) -> None:
-        if name != self.s.model_name:
+    def check(self, body: Any) -> None:
+        """What every request body gets before anything reads it: text that is Unicode,
+        only parameters this server implements, and the served model's name."""
+        if (where := lone_surrogate(body)) is not None:
+            raise APIError(
+                400, f"{where} contains a lone surrogate: it is not valid Unicode text", where
+            )
+        if bad := body.unsupported():
+            raise APIError(
+                400,
+                f"not implemented by this server: {', '.join(bad)} (only its neutral value "
+                "is accepted)",
+                param=bad[0],
+                code="unsupported_parameter",
+            )
+        name = getattr(body, "model", None)
+        if name is not None and name != self.s.model_name:
             raise APIError(
                 404,
                 f"The model '{name}' does not exist; this server serves '{self.s.model_name}'",
@@ -126,78 +152,39 @@ class Ingress:
                 code="model_not_found",
             )
 
-    def _stops(self, stop: str | list[str] | None) -> list[str]:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOP:
-            raise APIError(400, f"at most {MAX_STOP} stop sequences", param="stop")
-        return [s for s in stops if s]
+    def completion_job(self, body: Any) -> Job:
+        ids, texts = encode_prompts(body.prompt, self.tokenizer, self.limits)
+        return build_job(body, ids, texts, self.limits, body.max_tokens, body.echo, body.logprobs)
 
-    def _job(self, prompts: list[str], body: Any, max_tokens: int | None, echo: bool) -> _Job:
-        if not prompts:
-            raise APIError(400, "prompt must not be an empty list", param="prompt")
-        if len(prompts) > self.s.max_prompts:
-            raise APIError(400, f"at most {self.s.max_prompts} prompts per request", "prompt")
-        if body.n > self.s.max_n:
-            raise APIError(400, f"n must be <= {self.s.max_n}", param="n")
-        stops = self._stops(body.stop)
-        ids_list = []
-        for i, p in enumerate(prompts):
-            if not p:
-                raise APIError(
-                    400, "prompt must not be empty", param="prompt" + f"[{i}]" * (len(prompts) > 1)
-                )
-            ids_list.append(self.tokenizer.encode(p))
-        longest = max(len(x) for x in ids_list)
-        room = self.context - longest
-        if max_tokens is None:  # chat default: as much as fits, up to the limit
-            max_tokens = max(1, min(self.s.max_tokens_limit, room))
-        if max_tokens > self.s.max_tokens_limit:
-            raise APIError(
-                400, f"max_tokens must be <= {self.s.max_tokens_limit}", param="max_tokens"
-            )
-        if longest + max_tokens > self.context:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {self.context} tokens, however you "
-                f"requested {longest + max_tokens} tokens ({longest} in your prompt; "
-                f"{max_tokens} for the completion). Please reduce your prompt or completion.",
-                param="prompt" if longest >= self.context else "max_tokens",
-                code="context_length_exceeded",
-            )
-        specs = [
-            [
-                SeqSpec(
-                    prompt_ids=ids,
-                    max_tokens=max_tokens,
-                    temperature=body.temperature,
-                    top_p=body.top_p,
-                    stop=stops,
-                    seed=None if body.seed is None else (body.seed + j) % 2**63,
-                )
-                for j in range(body.n)
-            ]
-            for ids in ids_list
-        ]
-        opts = getattr(body, "stream_options", None) or {}
-        usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
-        return _Job(prompts, specs, sum(len(x) for x in ids_list), echo, usage)
+    def chat_job(self, body: Any) -> Job:
+        prompt = "\n".join(m.content for m in body.messages)
+        if not prompt.strip():
+            raise APIError(400, "messages must not all be empty", param="messages")
+        ids, texts = encode_prompts(prompt, self.tokenizer, self.limits)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return build_job(body, ids, texts, self.limits, max_tokens)
 
     # ----------------------------------------------------------------------- calls
-    async def _call(self, response: Any) -> Any:
+    async def call(self, response: Any) -> Any:
         """Await a deployment call; a replica that is not ready becomes a 503."""
         try:
             return await response
         except Exception as e:
             raise _unavailable(e) or e from None
 
-    async def _complete(self, job: _Job) -> list[SeqEvent]:
-        outs = await asyncio.gather(*(self._call(self.model.complete.remote(s)) for s in job.specs))
-        return [ev for out in outs for ev in out]
+    async def complete(self, job: Job) -> list[SeqEvent]:
+        """One final event per choice (choice index = position in the list)."""
+        outs = await asyncio.gather(
+            *(self.call(self.model.complete.remote(specs)) for _, specs in job.calls)
+        )
+        events = [ev for out in outs for ev in out]
+        self.metrics.tokens(job.prompt_tokens, sum(e.n_tokens for e in events))
+        return events
 
-    async def _events(self, job: _Job) -> AsyncIterator[tuple[int, SeqEvent]]:
+    async def _events(self, job: Job) -> AsyncIterator[tuple[int, SeqEvent]]:
         """(choice index, event) pairs; the first one is awaited before streaming starts."""
-        gens = [self.model.options(stream=True).stream.remote(s) for s in job.specs]
-        n = len(job.specs[0])
+        gens = [self.model.options(stream=True).stream.remote(specs) for _, specs in job.calls]
+        first_choice = [a for a, _ in job.calls]
         merged = _merge(gens)
         try:
             first = await anext(merged)
@@ -205,40 +192,49 @@ class Ingress:
             raise _unavailable(e) or e from None
 
         async def chain() -> AsyncIterator[tuple[int, SeqEvent]]:
-            for p, events in [first]:
+            for c, events in [first]:
                 for ev in events:
-                    yield p * n + ev.seq, ev
-            async for p, events in merged:
+                    yield first_choice[c] + ev.seq, ev
+            async for c, events in merged:
                 for ev in events:
-                    yield p * n + ev.seq, ev
+                    yield first_choice[c] + ev.seq, ev
 
         return chain()
 
-    def _usage(self, job: _Job, events: list[SeqEvent] | int) -> dict[str, int]:
-        done = events if isinstance(events, int) else sum(e.n_tokens for e in events)
+    def usage(self, job: Job, completion_tokens: int) -> dict[str, int]:
         return {
             "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": done,
-            "total_tokens": job.prompt_tokens + done,
+            "completion_tokens": completion_tokens,
+            "total_tokens": job.prompt_tokens + completion_tokens,
         }
 
-    async def _stream(self, job: _Job, chunk: Any) -> StreamingResponse:
-        """SSE: ``chunk(index, text, finish)`` builds each event's JSON object."""
+    def logprobs(
+        self, job: Job, ev: SeqEvent, echo_now: bool, offset: int = 0
+    ) -> dict[str, Any] | None:
+        """``choices[i].logprobs`` for an event (with the prompt's when it is echoed now)."""
+        if job.logprobs is None:
+            return None
+        runs = [ev.prompt_logprobs if echo_now else None, ev.logprobs]
+        return format_logprobs(self.token_text, runs, offset)
+
+    async def stream(self, job: Job, chunk: Any) -> StreamingResponse:
+        """SSE: ``chunk(index, text, finish, logprobs)`` builds each event's JSON object."""
         events = await self._events(job)
-        n = len(job.specs[0])
 
         async def body() -> AsyncIterator[str]:
             tokens: dict[int, int] = {}
             try:
-                if job.echo:
-                    for i in range(len(job.prompts) * n):
-                        yield _sse(chunk(i, job.prompts[i // n], None))
                 async for i, ev in events:
+                    echo_now = job.echo and i not in tokens
                     tokens[i] = ev.n_tokens
-                    yield _sse(chunk(i, ev.text, ev.finish_reason))
+                    text = (job.texts[i // job.n] if echo_now else "") + ev.text
+                    lp = self.logprobs(job, ev, echo_now)
+                    if text or ev.finish_reason or (lp and lp["tokens"]):
+                        yield _sse(chunk(i, text, ev.finish_reason, lp))
+                self.metrics.tokens(job.prompt_tokens, sum(tokens.values()))
                 if job.include_usage:
-                    last = chunk(0, "", None)
-                    last["choices"], last["usage"] = [], self._usage(job, sum(tokens.values()))
+                    last = chunk(0, "", None, None)
+                    last["choices"], last["usage"] = [], self.usage(job, sum(tokens.values()))
                     yield _sse(last)
             except Exception as e:  # the stream has started: report in-band, then end it
                 api = _unavailable(e)
@@ -263,4 +259,5 @@ class Ingress:
         routes.add_routes(app, self)
         app.add_middleware(APIKeyMiddleware, api_key=self.api_key)
         app.add_middleware(BodyLimitMiddleware, max_bytes=self.s.max_body_bytes)
+        app.add_middleware(MetricsMiddleware, metrics=self.metrics)  # outermost: sees 413/401
         return app

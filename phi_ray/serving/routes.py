@@ -1,7 +1,11 @@
 """The HTTP routes of the ingress, bound to one :class:`~phi_ray.serving.ingress.Ingress`.
 
 Routes are closures over the replica (not methods) because the app is built per replica by
-``__serve_build_asgi_app__``, after its configuration (API key, limits) is known.
+``__serve_build_asgi_app__``, after its configuration (API key, limits) is known; they use
+only the replica's public methods (validation, jobs, calls, formatting live there and in
+``protocol.py``). Besides OpenAI's routes there are vLLM's: ``/tokenize``,
+``/detokenize``, ``/tokenizer_info`` (lm-eval's remote tokenizer), ``/health``,
+``/version`` and Prometheus ``/metrics``.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from phi_ray.serving.errors import APIError
+from phi_ray.serving.metrics import CONTENT_TYPE
 from phi_ray.serving.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     Health,
     ModelCard,
@@ -27,6 +34,9 @@ from phi_ray.serving.schemas import (
     QualityRequest,
     QualityResponse,
     QualityScore,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
 )
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -49,7 +59,13 @@ async def _status(handle: Any, timeout: float = 5.0) -> dict[str, Any]:
 
 def add_routes(app: FastAPI, ing: Any) -> None:
     """Register every route of the API on ``app``, served by the ingress replica ``ing``."""
+    _health_routes(app, ing)
+    _completion_routes(app, ing)
+    _tokenizer_routes(app, ing)
+    _quality_routes(app, ing)
 
+
+def _health_routes(app: FastAPI, ing: Any) -> None:
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
         """Ready (200) once the model is loaded; 503 while loading or after a failed load."""
@@ -67,52 +83,73 @@ def add_routes(app: FastAPI, ing: Any) -> None:
         )
         return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
 
+    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    async def health() -> Response:
+        """vLLM's: an empty 200 once the model can serve, else 503 with the reason."""
+        model = await _status(ing.model)
+        if model["state"] != "ready":
+            why = model.get("detail") or f"the model is {model['state']}"
+            raise APIError(503, why, code="unavailable")
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        from phi_ray import __version__
+
+        return {"version": __version__}
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text: requests, latency, tokens in/out, batch sizes, queue depth."""
+        return Response(ing.metrics.render(await _status(ing.model)), media_type=CONTENT_TYPE)
+
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models() -> ModelList:
         card = ModelCard(id=ing.s.model_name, created=ing.created, max_model_len=ing.context)
         return ModelList(data=[card])
 
+
+def _completion_routes(app: FastAPI, ing: Any) -> None:
+    def chunker(rid: str, created: int, kind: str) -> Any:
+        def chunk(i: int, text: str, finish: str | None, lp: Any) -> dict[str, Any]:
+            if kind == "text_completion":
+                choice = {"text": text, "index": i, "logprobs": lp, "finish_reason": finish}
+            else:
+                delta = {"role": "assistant", "content": text}
+                choice = {"index": i, "delta": delta, "finish_reason": finish}
+            return {
+                "id": rid,
+                "object": kind,
+                "created": created,
+                "model": ing.s.model_name,
+                "choices": [choice],
+            }
+
+        return chunk
+
     @app.post(
         "/v1/completions", response_model=CompletionResponse, responses={**_ERRORS, **_STREAM}
     )
     async def completions(body: CompletionRequest) -> Any:
-        """Complete one prompt or a list of prompts (``n`` choices each)."""
-        ing._check_model(body.model)
-        if body.logprobs is not None:
-            raise APIError(400, "logprobs is not supported by this server", param="logprobs")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        job = ing._job(prompts, body, body.max_tokens, body.echo)
+        """Complete prompts (text or token ids), ``n`` choices each; ``logprobs``, ``echo``."""
+        ing.check(body)
+        job = ing.completion_job(body)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-
-            def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
-                choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
-                return {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": ing.s.model_name,
-                    "choices": [choice],
-                }
-
-            return await ing._stream(job, chunk)
-        events = await ing._complete(job)
-        n = body.n
+            return await ing.stream(job, chunker(rid, created, "text_completion"))
+        events = await ing.complete(job)
         choices = [
             {
-                "text": (job.prompts[i // n] if body.echo else "") + ev.text,
+                "text": (job.texts[i // job.n] if job.echo else "") + ev.text,
                 "index": i,
-                "logprobs": None,
+                "logprobs": ing.logprobs(job, ev, echo_now=job.echo),
                 "finish_reason": ev.finish_reason,
             }
             for i, ev in enumerate(events)
         ]
+        usage = ing.usage(job, sum(e.n_tokens for e in events))
         return CompletionResponse(
-            id=rid,
-            created=created,
-            model=ing.s.model_name,
-            choices=choices,
-            usage=ing._usage(job, events),
+            id=rid, created=created, model=ing.s.model_name, choices=choices, usage=usage
         )
 
     @app.post(
@@ -122,27 +159,12 @@ def add_routes(app: FastAPI, ing: Any) -> None:
     )
     async def chat(body: ChatCompletionRequest) -> Any:
         """Plain chat: the messages' contents, newline-joined, are the prompt (no template)."""
-        ing._check_model(body.model)
-        prompt = "\n".join(m.content for m in body.messages)
-        if not prompt.strip():
-            raise APIError(400, "messages must not all be empty", param="messages")
-        job = ing._job([prompt], body, body.max_completion_tokens or body.max_tokens, False)
+        ing.check(body)
+        job = ing.chat_job(body)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-
-            def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
-                delta = {"role": "assistant", "content": text}
-                choice = {"index": i, "delta": delta, "finish_reason": finish}
-                return {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": ing.s.model_name,
-                    "choices": [choice],
-                }
-
-            return await ing._stream(job, chunk)
-        events = await ing._complete(job)
+            return await ing.stream(job, chunker(rid, created, "chat.completion.chunk"))
+        events = await ing.complete(job)
         choices = [
             {
                 "index": i,
@@ -151,17 +173,53 @@ def add_routes(app: FastAPI, ing: Any) -> None:
             }
             for i, ev in enumerate(events)
         ]
+        usage = ing.usage(job, sum(e.n_tokens for e in events))
         return ChatCompletionResponse(
-            id=rid,
-            created=created,
-            model=ing.s.model_name,
-            choices=choices,
-            usage=ing._usage(job, events),
+            id=rid, created=created, model=ing.s.model_name, choices=choices, usage=usage
         )
 
+
+def _tokenizer_routes(app: FastAPI, ing: Any) -> None:
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        """vLLM's: the served tokenizer's ids for ``prompt``."""
+        ing.check(body)
+        ids = ing.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        strs = ing.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
+        return TokenizeResponse(
+            count=len(ids), max_model_len=ing.context, tokens=ids, token_strs=strs
+        )
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        """vLLM's: the text of token ids."""
+        ing.check(body)
+        vocab = ing.limits.vocab
+        if (bad := next((t for t in body.tokens if not 0 <= t < vocab), None)) is not None:
+            raise APIError(
+                400, f"token id {bad} is out of vocabulary (0 <= id < {vocab})", "tokens"
+            )
+        return DetokenizeResponse(prompt=ing.tokenizer.decode(body.tokens))
+
+    @app.get("/tokenizer_info", response_model=TokenizerInfo)
+    async def tokenizer_info() -> TokenizerInfo:
+        """vLLM's: what a remote tokenizer client (lm-eval's) needs to know."""
+        tok = ing.tokenizer
+        return TokenizerInfo(
+            tokenizer_class=type(tok).__name__,
+            eos_token=tok.eos_token,
+            bos_token=tok.bos_token,
+            pad_token=tok.pad_token,
+            model_max_length=ing.context,
+            chat_template=getattr(tok, "chat_template", None),
+        )
+
+
+def _quality_routes(app: FastAPI, ing: Any) -> None:
     @app.post("/v1/quality", response_model=QualityResponse, responses=_ERRORS)
     async def quality(body: QualityRequest) -> QualityResponse:
         """Score code for educational value with the phi-1 quality classifier."""
+        ing.check(body)
         if ing.scorer is None:
             raise APIError(
                 503,
@@ -177,7 +235,7 @@ def add_routes(app: FastAPI, ing: Any) -> None:
         for i, c in enumerate(codes):
             if not c.strip():
                 raise APIError(400, f"code[{i}] is empty", param="code")
-        res = await ing._call(ing.scorer.score.remote(codes))
+        res = await ing.call(ing.scorer.score.remote(codes))
         data = [
             QualityScore(index=i, score=s, kept=k)
             for i, (s, k) in enumerate(zip(res["scores"], res["kept"], strict=True))

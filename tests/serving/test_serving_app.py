@@ -6,6 +6,7 @@ key), plus a second app whose weights are corrupt and that has no classifier.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -229,12 +230,45 @@ BAD = [
         "max_tokens",
     ),
     ("max_tokens over limit", "/v1/completions", {**C, "max_tokens": LIMIT + 1}, 400, "max_tokens"),
-    ("max_tokens zero", "/v1/completions", {**C, "max_tokens": 0}, 400, "max_tokens"),
     ("negative temperature", "/v1/completions", {**C, "temperature": -0.5}, 400, "temperature"),
     ("top_p zero", "/v1/completions", {**C, "top_p": 0}, 400, "top_p"),
-    ("n too big", "/v1/completions", {**C, "n": 9}, 400, "n"),
-    ("too many stops", "/v1/completions", {**C, "stop": list("abcde")}, 400, "stop"),
-    ("logprobs", "/v1/completions", {**C, "logprobs": 1}, 400, "logprobs"),
+    ("n too big", "/v1/completions", {**C, "n": 129}, 400, "n"),
+    ("too many stops", "/v1/completions", {**C, "stop": ["s"] * 257}, 400, "stop"),
+    ("logprobs over 20", "/v1/completions", {**C, "logprobs": 21}, 400, "logprobs"),
+    ("max_tokens zero without echo", "/v1/completions", {**C, "max_tokens": 0}, 400, "max_tokens"),
+    ("token id out of vocab", "/v1/completions", {**C, "prompt": [1, 60000]}, 400, "prompt"),
+    ("negative token id", "/v1/completions", {**C, "prompt": [[1], [-1]]}, 400, "prompt[1]"),
+    ("empty token list", "/v1/completions", {**C, "prompt": [[1], []]}, 400, "prompt[1]"),
+    ("mixed prompt list", "/v1/completions", {**C, "prompt": ["a", 1]}, 400, "prompt"),
+    ("unknown parameter", "/v1/completions", {**C, "frobnicate": 1}, 400, "frobnicate"),
+    ("penalty", "/v1/completions", {**C, "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("best_of", "/v1/completions", {**C, "best_of": 3}, 400, "best_of"),
+    ("suffix", "/v1/completions", {**C, "suffix": "x"}, 400, "suffix"),
+    (
+        "temperature nan",
+        "/v1/completions",
+        b'{"model":"phi-1","prompt":"x","temperature":NaN}',
+        400,
+        "temperature",
+    ),
+    (
+        "top_p infinity",
+        "/v1/completions",
+        b'{"model":"phi-1","prompt":"x","top_p":Infinity}',
+        400,
+        "top_p",
+    ),
+    ("huge max_tokens", "/v1/completions", {**C, "max_tokens": 10**30}, 400, "max_tokens"),
+    ("seed over 63 bits", "/v1/completions", {**C, "seed": 2**64}, 400, "seed"),
+    (
+        "chat logprobs",
+        "/v1/chat/completions",
+        {"model": "phi-1", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+        400,
+        "logprobs",
+    ),
+    ("detokenize out of vocab", "/detokenize", {"tokens": [99999]}, 400, "tokens"),
+    ("tokenize wrong model", "/tokenize", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
     ("oversized body", "/v1/completions", {**C, "prompt": "x" * 200_000}, 413, None),
     (
         "chat no messages",
@@ -333,3 +367,261 @@ def test_schemathesis_finds_no_server_error(served):
     posts = [c for c in calls if c[0] == "POST"]
     assert len(posts) >= 30 and {c[2] for c in posts} & {200} and {c[2] for c in posts} & {400}
     assert time.monotonic() - t0 < 120
+
+
+# ------------------------------------------------------------------ vLLM's API, lm-eval's shapes
+
+
+def _ref_logprobs(model_dir, ids: list[int]) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= 1, scored in-process by transformers, unpadded."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        lp = model(torch.tensor([ids])).logits.float().log_softmax(-1)[0]
+    return [lp[i - 1, t].item() for i, t in enumerate(ids) if i]
+
+
+def test_echo_logprobs_as_lm_eval_asks_match_transformers(http, served):
+    """lm-eval's loglikelihood request: token ids, echo, logprobs 1, max_tokens 1 (and 0)."""
+    tok = get_tokenizer()
+    seqs = [
+        tok.encode(t) for t in ("def add(a, b):\n    return a + b\n", "import os\nx = 1", "a = b")
+    ]
+    body = {"model": "phi-1", "prompt": seqs, "echo": True, "logprobs": 1, "temperature": 0}
+    r = http.post("/v1/completions", json={**body, "max_tokens": 1, "seed": 1234})
+    assert r.status_code == 200, r.text
+    zero = http.post("/v1/completions", json={**body, "max_tokens": 0}).json()
+    for ids, choice, z in zip(seqs, r.json()["choices"], zero["choices"], strict=True):
+        lp = choice["logprobs"]
+        assert len(lp["tokens"]) == len(ids) + 1 and lp["token_logprobs"][0] is None
+        assert lp["top_logprobs"][0] is None and lp["text_offset"][0] == 0
+        got = lp["token_logprobs"][1 : len(ids)]
+        assert (
+            max(abs(a - b) for a, b in zip(got, _ref_logprobs(served["model"], ids), strict=True))
+            < 1e-4
+        )
+        assert choice["text"].startswith(tok.decode(ids))
+        # Each top_logprobs entry has the top 1 and the token itself; the last is generated.
+        for t, v, top in zip(
+            lp["tokens"][1:], lp["token_logprobs"][1:], lp["top_logprobs"][1:], strict=True
+        ):
+            assert top[t] == v and len(top) <= 2 and max(top.values()) >= v
+        assert max(lp["top_logprobs"][-1].values()) == lp["token_logprobs"][-1]  # greedy
+        assert z["logprobs"]["token_logprobs"] == lp["token_logprobs"][:-1]
+        assert z["text"] == tok.decode(ids) and z["finish_reason"] == "length"
+    assert zero["usage"]["completion_tokens"] == 0
+
+
+def test_completion_logprobs_top_k_and_streamed(http):
+    body = {"model": "phi-1", "prompt": PROMPT, "max_tokens": 6, "logprobs": 3, "temperature": 0}
+    r = http.post("/v1/completions", json=body).json()["choices"][0]
+    lp = r["logprobs"]
+    assert "".join(lp["tokens"]) == r["text"] and len(lp["tokens"]) == 6
+    assert lp["text_offset"] == [sum(map(len, lp["tokens"][:i])) for i in range(6)]
+    for v, top in zip(lp["token_logprobs"], lp["top_logprobs"], strict=True):
+        assert len(top) == 3 and max(top.values()) == v  # greedy: the token is the top one
+    with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+        chunks = [line[6:] for line in s.iter_lines() if line.startswith("data: {")]
+    parts = [json.loads(c)["choices"][0] for c in chunks]
+    assert "".join(p["text"] for p in parts) == r["text"]
+    assert [t for p in parts if p["logprobs"] for t in p["logprobs"]["tokens"]] == lp["tokens"]
+
+
+def test_prompt_forms_n_beyond_the_batch_and_long_stop_lists(http):
+    tok = get_tokenizer()
+    base = {"model": "phi-1", "max_tokens": 4, "temperature": 0}
+    text = http.post("/v1/completions", json={**base, "prompt": "x = "}).json()["choices"][0]
+    for prompt in ("x = ", ["x = "], tok.encode("x = "), [tok.encode("x = ")]):
+        r = http.post("/v1/completions", json={**base, "prompt": prompt})
+        assert r.json()["choices"][0]["text"] == text["text"], prompt
+    # n = 10 choices with a batch of 8 sequences: split into two model calls.
+    r = http.post(
+        "/v1/completions", json={**base, "prompt": "x = ", "n": 10, "temperature": 1, "seed": 3}
+    )
+    assert [c["index"] for c in r.json()["choices"]] == list(range(10))
+    again = http.post(
+        "/v1/completions", json={**base, "prompt": "x = ", "n": 10, "temperature": 1, "seed": 3}
+    )
+    assert [c["text"] for c in again.json()["choices"]] == [c["text"] for c in r.json()["choices"]]
+    # 200 long stops (BigCode's eight among them): no cap at 4, and the cut is still exact.
+    full = http.post("/v1/completions", json={**base, "prompt": PROMPT, "max_tokens": 16}).json()
+    full = full["choices"][0]["text"]
+    stops = [f"\nnever{i}" * 20 for i in range(192)] + [
+        "\nclass",
+        "\ndef",
+        "\n#",
+        "\nif",
+        "\nprint",
+        full[5:8],
+        "\n```",
+        "<file_sep>",
+    ]
+    for stream in (False, True):
+        r = http.post(
+            "/v1/completions",
+            json={**base, "prompt": PROMPT, "max_tokens": 16, "stop": stops, "stream": stream},
+        )
+        assert r.status_code == 200
+        if stream:
+            got = "".join(
+                json.loads(line[6:])["choices"][0]["text"]
+                for line in r.text.splitlines()
+                if line.startswith("data: {")
+            )
+        else:
+            got = r.json()["choices"][0]["text"]
+        cut = min((i for s in stops if (i := full.find(s)) >= 0), default=len(full))
+        assert got == full[:cut]
+
+
+def test_tokenizer_health_version_and_metrics(http, served):
+    tok = get_tokenizer()
+    r = http.post("/tokenize", json={"prompt": PROMPT, "add_special_tokens": False}).json()
+    assert r["tokens"] == tok.encode(PROMPT) and r["count"] == len(r["tokens"])
+    assert http.post("/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": PROMPT}
+    info = http.get("/tokenizer_info").json()
+    assert info["eos_token"] == "<|endoftext|>" and info["model_max_length"] == 256
+    eos = http.post("/tokenize", json={"prompt": "<|endoftext|>", "add_special_tokens": False})
+    assert eos.json()["tokens"] == [50256]  # lm-eval's remote tokenizer finds EOS this way
+    assert httpx.get(served["url"] + "/health").status_code == 200
+    assert httpx.get(served["url"] + "/broken/health").status_code == 503
+    assert "version" in httpx.get(served["url"] + "/version").json()
+    before = _metrics(served["url"])
+    body = {"model": "phi-1", "prompt": "x = ", "max_tokens": 3, "n": 2, "temperature": 0}
+    http.post("/v1/completions", json=body)
+    after = _metrics(served["url"])
+    key = 'phi_ray_requests_total{route="/v1/completions",status="200"}'
+    assert after[key] == before.get(key, 0) + 1
+    n_prompt = len(tok.encode("x = "))
+    assert after["phi_ray_prompt_tokens_total"] - before["phi_ray_prompt_tokens_total"] == n_prompt
+    assert after["phi_ray_generation_tokens_total"] - before["phi_ray_generation_tokens_total"] == 6
+    assert after["phi_ray_batch_size_count"] > before["phi_ray_batch_size_count"]
+    assert 'phi_ray_request_latency_seconds_count{route="/v1/completions"}' in after
+    assert after["phi_ray_sequences_waiting"] == 0 and after["phi_ray_model_ready"] == 1
+
+
+def _metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics").text
+    rows = [line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#"]
+    return {k: float(v) for k, v in rows}
+
+
+# ------------------------------------------------------------------ hostile input: never a 5xx
+
+TINY_TEMPERATURES = [1e-300, 5e-324, 1e-40, 1e-6, 9.9e-6]
+
+
+def test_tiny_temperatures_are_greedy_even_batched_with_others(served):
+    greedy = {"model": "phi-1", "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+
+    def post(t):
+        with httpx.Client(base_url=served["url"], headers=AUTH, timeout=120) as c:
+            return c.post("/v1/completions", json={**greedy, "temperature": t})
+
+    with ThreadPoolExecutor(8) as pool:  # concurrent: they share dynamic batches
+        res = list(pool.map(post, [0.0, *TINY_TEMPERATURES, 1.0, 0.7]))
+    assert [r.status_code for r in res] == [200] * len(res)
+    texts = [r.json()["choices"][0]["text"] for r in res]
+    assert texts[1 : 1 + len(TINY_TEMPERATURES)] == [texts[0]] * len(TINY_TEMPERATURES)
+
+
+S = "\ud800"  # a lone surrogate: valid JSON ("\ud800"), not valid Unicode
+MSG = [{"role": "user", "content": "x"}]
+HOSTILE = [
+    ("/v1/completions", {**C, "model": S}, "model"),
+    ("/v1/completions", {**C, "prompt": "ab" + S}, "prompt"),
+    ("/v1/completions", {**C, "prompt": ["ok", "\udfff"]}, "prompt[1]"),
+    ("/v1/completions", {**C, "stop": ["\n", S]}, "stop[1]"),
+    ("/v1/completions", {**C, "stop": S}, "stop"),
+    ("/v1/completions", {**C, "user": S}, "user"),
+    ("/v1/completions", {**C, S: 1}, None),
+    (
+        "/v1/chat/completions",
+        {"model": "phi-1", "messages": [{"role": "user", "content": S}]},
+        "messages[0].content",
+    ),
+    ("/v1/chat/completions", {"model": S, "messages": MSG}, "model"),
+    ("/v1/quality", {"code": ["x = 1", S]}, "code[1]"),
+    ("/tokenize", {"prompt": S}, "prompt"),
+    ("/tokenize", {"model": S, "prompt": "x"}, "model"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"), HOSTILE, ids=[f"{h[0]}:{h[2]}" for h in HOSTILE]
+)
+def test_lone_surrogates_are_a_400_naming_the_field(http, path, body, param):
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as \ud800
+    r = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    if param is not None:
+        assert err["param"] == param and "surrogate" in err["message"]
+    # The same text as raw bytes: UTF-8-encoded surrogates, and bytes that are not UTF-8.
+    for bad in (b"\xed\xa0\x80", b"\xff\xfe"):
+        r = http.post(
+            path,
+            content=raw.replace(b"\\ud800", bad).replace(b"\\udfff", bad),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400, r.text
+
+
+def test_fuzzed_hostile_bodies_get_no_5xx(http):
+    """Random valid requests with one field swapped for hostile values: never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    hostile = st.one_of(
+        st.text(
+            alphabet=st.characters(codec=None, categories=["Cs", "Co", "Cc", "Zs", "Lo"]),
+            max_size=8,
+        ),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(
+            [5e-324, 1e-300, -0.0, 2**63, -(2**63), 10**40, [], {}, None, [[]], [-1], [2**31]]
+        ),
+        st.lists(st.integers(-5, 60000), max_size=6),
+        st.lists(st.text(max_size=3), max_size=5),
+    )
+    fields = [
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "logprobs",
+        "echo",
+        "best_of",
+        "logit_bias",
+        "stream",
+    ]
+    seen = []
+
+    @given(field=st.sampled_from(fields), value=hostile, tokens=st.integers(0, 2))
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def fuzz(field, value, tokens):
+        body = {
+            "model": "phi-1",
+            "prompt": "x",
+            "max_tokens": tokens,
+            "echo": tokens == 0,
+            field: value,
+        }
+        raw = json.dumps(body, allow_nan=True).encode()
+        r = http.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+        seen.append(r.status_code)
+        assert r.status_code < 500, (body, r.text)
+
+    fuzz()
+    assert 200 in seen and 400 in seen

@@ -7,7 +7,7 @@ import torch
 
 from phi_ray.config import load_config
 from phi_ray.model.phi import build_model
-from phi_ray.serving.engine import HFEngine, SeqSpec, _Detok
+from phi_ray.serving.engine import HFEngine, SeqSpec, _Detok, _StopMatcher
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,64 @@ def test_detok_streams_unicode_and_releases_held_text(tokenizer):
     got = "".join(d.push(t, 50256) for t in tail)
     assert got == "print(s)"  # "\n\n" could be the start of "\n\nbegin"
     assert d.push(50256, 50256) == "\n\n" and d.finish == "stop"
+
+
+def _brute_force(text: str, stops: list[str]) -> tuple[int | None, int]:
+    """(where the first-completed stop starts, hold-back) by re-scanning the whole text."""
+    for end in range(1, len(text) + 1):
+        starts = [end - len(s) for s in stops if text[:end].endswith(s)]
+        if starts:
+            return min(starts), 0
+    hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return None, hold
+
+
+def test_stop_matcher_agrees_with_brute_force_on_random_text():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        stops = [
+            "".join(rng.choices("ab\n", k=rng.randint(1, 6))) for _ in range(rng.randint(1, 9))
+        ]
+        text = "".join(rng.choices("ab\nc", k=rng.randint(0, 30)))
+        m, pos, found = _StopMatcher(stops), 0, None
+        while pos < len(text) and found is None:  # fed in random-sized pieces
+            piece = text[pos : pos + rng.randint(1, 4)]
+            at = m.feed(piece)
+            found = None if at is None else pos + at
+            pos += len(piece)
+        want, hold = _brute_force(text[:pos], stops)
+        assert found == want, (stops, text)
+        if found is None:
+            assert m.hold == hold, (stops, text)
+
+
+def test_one_pass_prompt_logprobs_padded_equal_unpadded_and_echo_only(engine):
+    """Prompts of different lengths share one left-padded pass; each row's logprobs are
+    what the model gives it alone (1e-4), and max_tokens 0 generates nothing."""
+    specs = [
+        SeqSpec(_ids(engine, p), max_tokens=m, logprobs=2, prompt_logprobs=2)
+        for p, m in zip(PROMPTS[:2], (0, 1), strict=True)
+    ]
+    out = engine.generate(specs)
+    for s, ev in zip(specs, out, strict=True):
+        with torch.no_grad():
+            lp = engine.model(torch.tensor([s.prompt_ids])).logits.float().log_softmax(-1)[0]
+        ref = [lp[i - 1, t].item() for i, t in enumerate(s.prompt_ids) if i]
+        pl = ev.prompt_logprobs
+        assert pl.ids == s.prompt_ids and pl.logprobs[0] is None
+        assert max(abs(a - b) for a, b in zip(pl.logprobs[1:], ref, strict=True)) < 1e-4
+        assert all(len(t) == 2 and t[0][1] >= t[1][1] for t in pl.top[1:])
+        assert ev.finish_reason == "length" and len(ev.logprobs.ids) == ev.n_tokens == s.max_tokens
+    # The one generated token is the greedy one, with the logprob the model gives it.
+    nxt = engine.model(torch.tensor([specs[1].prompt_ids])).logits[0, -1].float().log_softmax(-1)
+    assert out[1].logprobs.ids == [int(nxt.argmax())]
+    assert abs(out[1].logprobs.logprobs[0] - nxt.max().item()) < 1e-4
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-40])
+def test_tiny_temperatures_are_greedy(engine, temperature):
+    ids = _ids(engine, PROMPTS[0])
+    greedy = engine.generate([SeqSpec(ids, 8)])[0].text
+    assert engine.generate([SeqSpec(ids, 8, temperature=temperature, seed=1)])[0].text == greedy
