@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from phi_ray.config import ModelConfig, TrainConfig
 from phi_ray.train import checkpoint as ckpt
-from phi_ray.train.data import BatchPlan, TokenWindows, eval_indices
-from phi_ray.train.metrics import MetricsLog, memory_stats, model_flops_per_token, peak_flops
+from phi_ray.train.data import BatchPlan, TokenWindows, eval_indices, localize
+from phi_ray.train.metrics import TrainLogger, memory_stats, model_flops_per_token, peak_flops
 
 
 def lr_lambda(tc: TrainConfig):
@@ -147,7 +147,7 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(seed + 1 + rank)  # then dropout masks differ per rank
     resume = ray.train.get_checkpoint()
     if config.get("init_from") and resume is None:
-        model.load_state_dict(ckpt.load_hf_weights(config["init_from"]))
+        model.load_state_dict(ckpt.load_hf_weights(localize(config["init_from"])))
     model = wrap_model(model, tc.strategy, device, world)
     optim = make_optimizer(model, tc, device)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(tc))
@@ -212,8 +212,8 @@ class _Loop:
 
         tc, rank = self.tc, self.rank
         start = state["step"]
-        path = self.config.get("metrics_path")
-        log = MetricsLog(path, start) if rank == 0 and path else None
+        logs = self.config.get("logs")
+        log = TrainLogger(logs, start, tc.max_steps, tc.log_every) if rank == 0 and logs else None
         bar = _progress(self.config, start, tc.max_steps) if rank == 0 else None
         for step in range(start, tc.max_steps):
             _maybe_fault(self.config.get("fault"), step, rank, self.world)
@@ -251,6 +251,8 @@ class _Loop:
                 bar.set_description(f"step {done} loss {loss:.3f}")
             if done % tc.checkpoint_every == 0 or last:
                 state["step"] = done
+                if log:  # before the checkpoint: a resume from it finds every line up to it
+                    log.sync()
                 self._checkpoint(rec, state, best)
             elif done % tc.log_every == 0:
                 ray.train.report(rec)

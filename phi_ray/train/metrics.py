@@ -1,4 +1,5 @@
-"""Training metrics: FLOPs per token, device peak, MFU, memory and the ``metrics.jsonl`` log.
+"""Training metrics: FLOPs per token, device peak, MFU, memory, and where they are logged
+(``metrics.jsonl``, TensorBoard, W&B, console lines; object-store runs included).
 
 MFU (model FLOPs utilisation, PaLM appendix B) counts the FLOPs the model needs, not the
 ones the hardware executed (recomputation is not credited):
@@ -21,7 +22,11 @@ for a shared, throttled CPU), so CPU MFU says how close the loop gets to the mat
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
+import sys
+import tempfile
 import time
 from functools import lru_cache
 from typing import Any
@@ -131,7 +136,148 @@ class MetricsLog:
     def write(self, rec: dict[str, Any]) -> None:
         self.f.write(json.dumps(rec, sort_keys=True) + "\n")
 
+    def flush(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
     def close(self) -> None:
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
+
+
+class _Mirror:
+    """A local directory whose files :meth:`push` copies to ``uri``.
+
+    For a local ``uri`` the directory is ``uri`` itself and pushing does nothing. For an
+    object store, rank 0 writes into a private temporary directory on its node (appends
+    and TensorBoard's buffered writes need a real file) and the files are uploaded at each
+    checkpoint and at the end; ``pull`` first brings down what an earlier attempt uploaded
+    (a restarted worker group's rank 0 may be on another node).
+    """
+
+    def __init__(self, uri: str, pull: bool = False) -> None:
+        self.remote = uri if "://" in uri else None
+        if self.remote is None:
+            self.local = uri
+            os.makedirs(uri, exist_ok=True)
+            return
+        import pyarrow.fs as pafs
+
+        self.fs, self.path = pafs.FileSystem.from_uri(uri)
+        self.local = tempfile.mkdtemp(prefix="phi-ray-logs-")
+        found = self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+        if pull and found:
+            pafs.copy_files(
+                self.path, self.local, self.fs, pafs.LocalFileSystem(), use_threads=False
+            )
+
+    def push(self) -> None:
+        if self.remote is None:
+            return
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(self.local, self.path, pafs.LocalFileSystem(), self.fs)
+
+    def close(self) -> None:
+        self.push()
+        if self.remote is not None:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def tensorboard_tag(key: str) -> str:
+    """``val_loss`` -> ``val/loss``; every other metric -> ``train/<key>``."""
+    return f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+
+
+def progress_line(phase: str, rec: dict[str, Any], max_steps: int, eta_s: float) -> str:
+    """One console line: step/max, loss, lr, tokens/s, MFU, ETA (and val loss when known)."""
+    val = f" | val {rec['val_loss']:.4f}" if "val_loss" in rec else ""
+    eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0))) if math.isfinite(eta_s) else "?"
+    days = f"{int(eta_s // 86400)}d " if math.isfinite(eta_s) and eta_s >= 86400 else ""
+    return (
+        f"[{phase}] step {rec['step']}/{max_steps} | loss {rec['loss']:.4f}{val} | "
+        f"lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s | MFU {100 * rec['mfu']:.2f}% "
+        f"| ETA {days}{eta}"
+    )
+
+
+class TrainLogger:
+    """Rank 0's record of training: ``metrics.jsonl``, TensorBoard, W&B, console lines.
+
+    ``spec`` (built by the stage on the driver): ``phase``; ``metrics`` and ``tensorboard``,
+    directories in the run (local or object store; ``tensorboard`` may be None); ``wandb``,
+    None or the keyword arguments of ``wandb.init``; ``lines``, whether to print a progress
+    line every ``log_every`` steps (when the driver has no terminal for a progress bar).
+    """
+
+    def __init__(self, spec: dict[str, Any], start: int, max_steps: int, log_every: int):
+        self.phase, self.max_steps, self.log_every = spec["phase"], max_steps, log_every
+        self.start, self.t0 = start, time.perf_counter()
+        self.lines = bool(spec.get("lines"))
+        self.metrics_dir = _Mirror(spec["metrics"], pull=True)
+        self.jsonl = MetricsLog(os.path.join(self.metrics_dir.local, "metrics.jsonl"), start)
+        self.tb_dir = self.tb = None
+        if spec.get("tensorboard"):
+            from tensorboardX import SummaryWriter
+
+            self.tb_dir = _Mirror(spec["tensorboard"])
+            # purge_step: TensorBoard hides what a crashed attempt logged after the step it
+            # resumes from. TensorBoard reads a directory's files in name order, and the name
+            # has whole seconds: the suffix orders two attempts within one second.
+            self.tb = SummaryWriter(
+                self.tb_dir.local,
+                purge_step=start + 1 if start else None,
+                flush_secs=30,
+                filename_suffix=f".{time.time_ns()}",
+            )
+        self.wandb = _wandb_init(spec.get("wandb"))
+
+    def write(self, rec: dict[str, Any]) -> None:
+        step = rec["step"]
+        self.jsonl.write(rec)
+        scalars = {
+            k: float(v)
+            for k, v in rec.items()
+            if k != "step" and isinstance(v, int | float) and math.isfinite(v)
+        }
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(tensorboard_tag(k), v, step)
+        if self.wandb is not None:
+            self.wandb.log({tensorboard_tag(k): v for k, v in scalars.items()}, step=step)
+        if self.lines and (step % self.log_every == 0 or step == self.max_steps):
+            per_step = (time.perf_counter() - self.t0) / max(step - self.start, 1)
+            eta = per_step * (self.max_steps - step)
+            # sys.stdout, not print(): Ray Train patches print() on workers (logged twice).
+            sys.stdout.write(progress_line(self.phase, rec, self.max_steps, eta) + "\n")
+            sys.stdout.flush()
+
+    def sync(self) -> None:
+        """Make everything written so far durable in the run directory (at checkpoints)."""
+        self.jsonl.flush()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb_dir.push()
+        self.metrics_dir.push()
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.metrics_dir.close()
+        if self.tb is not None:
+            self.tb.close()
+            self.tb_dir.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_init(kwargs: dict[str, Any] | None) -> Any:
+    """A W&B run when asked for and the package is installed; otherwise None (said once)."""
+    if not kwargs:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        sys.stdout.write(f"W&B project {kwargs['project']!r} set, but wandb is not installed\n")
+        return None
+    return wandb.init(**kwargs)

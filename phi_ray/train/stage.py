@@ -16,14 +16,13 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
 from typing import Any
 
 from phi_ray.config import Config, TrainConfig
-from phi_ray.runs import RunDir, StageResult
+from phi_ray.runs import RunDir, StageResult, resolve_fs
 
 log = logging.getLogger("phi_ray.train")
 
@@ -39,8 +38,33 @@ def _fault_from_env() -> dict[str, Any] | None:
     return {"step": int(step), "marker": marker, "mode": mode[0] if mode else "exit"}
 
 
+def log_spec(cfg: Config, run: RunDir, phase: str, h: str) -> dict[str, Any]:
+    """Where rank 0 logs (see :class:`phi_ray.train.metrics.TrainLogger`): metrics.jsonl in
+    the stage's work directory, TensorBoard events under ``<run>/tensorboard/<phase>/<h>``
+    (both local or on the object store), W&B when a project is set; console lines when the
+    driver has no terminal (``ray job submit``, a RayJob), where no progress bar can render.
+    """
+    tc: TrainConfig = getattr(cfg, phase)
+    wandb = None
+    if tc.wandb_project:
+        wandb = {
+            "project": tc.wandb_project,
+            "name": f"{run.name}/{phase}",
+            "id": f"{run.name}-{phase}-{h}".replace("/", "-"),
+            "resume": "allow",
+            "config": {phase: dataclasses.asdict(tc), "model": dataclasses.asdict(cfg.model)},
+        }
+    return {
+        "phase": phase,
+        "metrics": run.path(".work", phase, f"logs-{h}"),
+        "tensorboard": run.path("tensorboard", phase, h) if tc.tensorboard else None,
+        "wandb": wandb,
+        "lines": not sys.stdout.isatty(),
+    }
+
+
 def loop_config(
-    cfg: Config, run: RunDir, phase: str, init_from: str | None, metrics_path: str | None
+    cfg: Config, run: RunDir, phase: str, init_from: str | None, logs: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The plain-dict config each Ray Train worker gets (no Config pickling surprises)."""
     tc: TrainConfig = getattr(cfg, phase)
@@ -55,7 +79,7 @@ def loop_config(
         "train_path": f"{tokens}/train",
         "val_path": val if has_val else None,
         "init_from": init_from,
-        "metrics_path": metrics_path,
+        "logs": logs,
         "threads": tc.cpus_per_worker if not tc.use_gpu else None,
         "progress": tc.progress and sys.stderr.isatty(),
         "fault": _fault_from_env(),
@@ -107,8 +131,24 @@ def _ctrl_c_is_an_interrupt(checkpoints: str):
             signal.signal(signal.SIGINT, previous)
 
 
-def _export(result: Any, cfg: Config, phase: str, out_dir: str) -> dict[str, Any]:
-    """The final (or best) weights of the last checkpoint as ``<out_dir>/model``."""
+def _copy(src: str, dst: str) -> None:
+    """Copy a file or directory within the run (local or object store), when it exists."""
+    import pyarrow.fs as pafs
+
+    (fs, src_path), (_, dst_path) = resolve_fs(src), resolve_fs(dst)
+    if fs.get_file_info(src_path).type != pafs.FileType.NotFound:
+        pafs.copy_files(src_path, dst_path, fs, fs)
+
+
+def _export(result: Any, cfg: Config, phase: str, run: RunDir, out_dir: str) -> dict[str, Any]:
+    """The final (or best) weights of the last checkpoint as ``<out_dir>/model``.
+
+    Object-store runs export into a local temporary directory first (``save_pretrained``
+    writes local files), then upload it.
+    """
+    import tempfile
+
+    import pyarrow.fs as pafs
     import torch
 
     from phi_ray.train.checkpoint import export_hf
@@ -121,7 +161,13 @@ def _export(result: Any, cfg: Config, phase: str, out_dir: str) -> dict[str, Any
         best = os.path.join(d, "best_model.pt")
         use_best = tc.keep_best and os.path.exists(best)
         weights = torch.load(best if use_best else os.path.join(d, "model.pt"), weights_only=True)
-    export_hf(weights, cfg.model, f"{out_dir}/model", cfg.pack.tokenizer)
+    if run.local:
+        export_hf(weights, cfg.model, f"{out_dir}/model", cfg.pack.tokenizer)
+    else:
+        with tempfile.TemporaryDirectory(prefix="phi-ray-export-") as d:
+            export_hf(weights, cfg.model, d, cfg.pack.tokenizer)
+            fs, dest = resolve_fs(f"{out_dir}/model")
+            pafs.copy_files(d, dest, pafs.LocalFileSystem(), fs)
     return {
         "steps": state["step"],
         "exported": "best" if use_best else "final",
@@ -145,10 +191,8 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
         if phase == "finetune":  # from the run's pretrained model unless told otherwise
             init_from = tc.init_from or f"{run.require('pretrain', needed_by=phase)}/model"
         work = run.work_path(phase)
-        # Rank 0 appends to it directly: a local (or shared) path. On object stores the
-        # per-step metrics go to Ray Train's reports only.
-        metrics = os.path.join(work, f"metrics-{h}.jsonl") if run.local else None
-        loop_cfg = loop_config(cfg, run, phase, init_from, metrics)
+        logs = log_spec(cfg, run, phase, h)
+        loop_cfg = loop_config(cfg, run, phase, init_from, logs)
         trainer = make_trainer(cfg, run, phase, work, f"ray-{h}", loop_cfg)
         log.info(
             "%s: %d steps on %d workers; checkpoints in %s",
@@ -166,15 +210,15 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
                 f"{work}/ray-{h}: rerun `phi-ray {phase} --run {run.name}` with the same "
                 "config to resume from the latest one"
             ) from e
-        info = _export(result, cfg, phase, out.tmp)
-        if metrics and os.path.exists(metrics):
-            shutil.copy(metrics, os.path.join(out.tmp, "metrics.jsonl"))
+        info = _export(result, cfg, phase, run, out.tmp)
+        _copy(f"{logs['metrics']}/metrics.jsonl", f"{out.tmp}/metrics.jsonl")
         final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
         return out.finish(
             counts={"steps": info["steps"], "tokens": int(final.get("tokens", 0))},
             final_metrics=final,
             mfu_formula="(6*N + 12*L*H*Q*T) * tokens_per_s / (peak_flops * n_devices)",
             checkpoint=result.checkpoint.path,
+            tensorboard=logs["tensorboard"],
             **info,
         )
 

@@ -73,6 +73,21 @@ def test_pretrain_loss_falls_with_metrics_every_step(pretrained):
     assert res.success["steps"] == STEPS and res.counts["tokens"] == STEPS * 8 * 64
 
 
+def test_pretrain_curves_are_in_tensorboard_under_the_run(pretrained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _cfg, run, res = pretrained
+    tb = res.success["tensorboard"]
+    assert tb.startswith(run.path("tensorboard", "pretrain"))
+    acc = EventAccumulator(tb, size_guidance={"scalars": 0})
+    acc.Reload()
+    loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    m = _metrics(res.path)
+    assert loss == [(r["step"], pytest.approx(r["loss"])) for r in m]
+    assert [e.step for e in acc.Scalars("val/loss")] == [12, 24]
+    assert {"train/lr", "train/tokens_per_s", "train/mfu"} <= set(acc.Tags()["scalars"])
+
+
 def test_exported_model_loads_with_auto_and_matches_training_logits(pretrained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,0 +1,104 @@
+"""Rank 0's training record: metrics.jsonl, TensorBoard event files that TensorBoard itself
+reads back, resume without duplicate steps, and one console line every ``log_every`` steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from phi_ray.train.metrics import TrainLogger, progress_line
+
+
+def _rec(step: int, **extra) -> dict:
+    return {
+        "step": step,
+        "loss": 11.0 - 0.1 * step,
+        "lr": 1e-3 * step,
+        "grad_norm": 1.0,
+        "tokens_per_s": 1000.0 + step,
+        "mfu": 0.05,
+        "step_time_s": 0.1,
+        "epoch": 0.01 * step,
+        "tokens": 128 * step,
+        "mem_rss_gib": 0.5,
+        **extra,
+    }
+
+
+def _spec(tmp_path, lines: bool = True) -> dict:
+    return {
+        "phase": "pretrain",
+        "metrics": str(tmp_path / "logs"),
+        "tensorboard": str(tmp_path / "tb"),
+        "wandb": None,
+        "lines": lines,
+    }
+
+
+def _scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(logdir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_has_every_metric_per_step(tmp_path, capsys):
+    log = TrainLogger(_spec(tmp_path), start=0, max_steps=25, log_every=10)
+    for s in range(1, 26):
+        log.write(_rec(s, **({"val_loss": 9.0} if s % 10 == 0 else {})))
+    log.close()
+    sc = _scalars(str(tmp_path / "tb"))
+    for tag in ("train/loss", "train/lr", "train/tokens_per_s", "train/mfu", "train/grad_norm"):
+        assert [s for s, _ in sc[tag]] == list(range(1, 26)), tag
+    assert sc["train/loss"][0][1] == pytest.approx(10.9)
+    assert sc["val/loss"] == [(10, 9.0), (20, 9.0)]
+    lines = (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 26))
+
+
+def test_one_console_line_every_log_every_steps_and_at_the_end(tmp_path, capsys):
+    log = TrainLogger(_spec(tmp_path), start=0, max_steps=25, log_every=10)
+    for s in range(1, 26):
+        log.write(_rec(s))
+    log.close()
+    out = capsys.readouterr().out.splitlines()
+    assert [re.search(r"step (\d+)/25", x).group(1) for x in out] == ["10", "20", "25"]
+    for part in ("loss 10.0000", "lr 1.00e-02", "1,010 tok/s", "MFU 5.00%", "ETA "):
+        assert part in out[0], (part, out[0])
+    assert out[-1].endswith("ETA 00:00:00")
+
+
+def test_no_console_lines_when_the_driver_has_a_terminal(tmp_path, capsys):
+    log = TrainLogger(_spec(tmp_path, lines=False), start=0, max_steps=20, log_every=10)
+    for s in range(1, 21):
+        log.write(_rec(s))
+    log.close()
+    assert capsys.readouterr().out == ""
+
+
+def test_resume_drops_what_the_crashed_attempt_logged_past_its_checkpoint(tmp_path):
+    first = TrainLogger(_spec(tmp_path), start=0, max_steps=20, log_every=100)
+    for s in range(1, 16):  # checkpoint at 10, crash after 15
+        first.write(_rec(s))
+        if s == 10:
+            first.sync()
+    first.tb.flush()  # what a crash leaves on disk: no close()
+    second = TrainLogger(_spec(tmp_path), start=10, max_steps=20, log_every=100)
+    for s in range(11, 21):
+        second.write(_rec(s, loss=1.0))
+    second.close()
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "logs" / "metrics.jsonl")]
+    assert steps == list(range(1, 21))
+    loss = _scalars(str(tmp_path / "tb"))["train/loss"]
+    assert [s for s, _ in loss] == list(range(1, 21))  # steps 11-15 once, from the rerun
+    assert all(v == 1.0 for s, v in loss if s > 10)
+
+
+def test_progress_line_eta_spans_days():
+    line = progress_line("finetune", _rec(5), 36_000, eta_s=2 * 86400 + 3661)
+    assert "[finetune] step 5/36000" in line and line.endswith("ETA 2d 01:01:01")
+    assert progress_line("pretrain", _rec(1), 2, math.inf).endswith("ETA ?")
