@@ -4,18 +4,29 @@ It speaks to any OpenAI-compatible endpoint (``llm.base_url``: OpenAI, vLLM, phi
 Serve app) with the ``openai`` package's async client, and adds what paid, rate-limited
 calls at scale need:
 
-- **a response cache** (SQLite under ``run.work_path(stage)``), keyed by a hash of
-  (model, messages / prompt, parameters, prompt version, salt) and committed *before*
-  the answer is parsed: a rerun, even after SIGKILL, never pays twice for a call;
+- **a response cache** (SQLite at ``run.work_path(stage)/llm_cache.sqlite``), keyed by a
+  hash of (endpoint, model, messages / prompt, parameters, prompt version, salt). Each
+  request leaves a write-ahead record with a lease before it is sent, and each answer's
+  raw body is committed the moment it arrives, before it is parsed: after a SIGKILL a
+  rerun pays again only for what was in flight, and says how many those were. Processes
+  sharing the file wait for each other's leases instead of paying twice (a dead owner's
+  lease is taken over). Object-store runs keep a local working copy synced to the run's
+  ``.work/<stage>/`` (:mod:`phi_ray.llm.sync`);
 - **a global concurrency limit** (``llm.max_concurrency``) that holds across every Ray
   worker of a stage: a named detached Ray actor when Ray is initialised, else in-process
   (see :mod:`phi_ray.llm.limiter` for why);
 - **retries** with exponential backoff and jitter on 429 (honouring ``Retry-After``),
-  408/409, 5xx, timeouts, connection errors and unusable bodies, at most
-  ``llm.max_attempts`` HTTP attempts; 401/403/404 raise :class:`LLMError` at once;
+  408/409, 5xx, timeouts and connection errors, at most ``llm.max_attempts`` HTTP
+  attempts. A billed 200 is never re-requested: missing usage is estimated from above,
+  and a body nobody can read is kept as a parse failure for the repair path.
+  401/403/404 stop new calls, let those in flight land in the cache, then raise
+  :class:`LLMError`;
 - **budgets** in tokens and dollars (``llm.budget_tokens`` / ``llm.budget_usd``, prices
-  per model in ``llm.prices``), counted over everything the cache has paid for; a budget
-  stops new calls cleanly, and a rerun with a larger budget finishes the rest;
+  per model in ``llm.prices``; an unpriced model under a dollar budget is an error),
+  counted over everything the cache has paid for. Each call reserves its worst case
+  (prompt bounded by its UTF-8 bytes, plus ``max_tokens``, scaled up once the endpoint has
+  answered past ``max_tokens``) and settles on real usage; a budget stops new calls
+  cleanly, and a rerun with a larger budget finishes the rest;
 - **accounting** of tokens, dollars, cache hits and retries, live on a tqdm bar and in
   :attr:`BatchResult.stats` (put it into ``_SUCCESS.json``);
 - **parse and repair**: an answer the caller's parser rejects is re-asked with a repair

@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 FILENAME = "llm_cache.sqlite"
@@ -262,16 +262,23 @@ class ResponseCache:
         with self._tx() as db:
             db.execute("DELETE FROM inflight WHERE owner = ?", (self.owner,))
 
-    def orphans(self) -> list[tuple[str, float, str]]:
-        """(request id, started, owner) of write-ahead records whose owner is gone: requests
-        that were in flight when an earlier process died (they may have been paid)."""
+    def orphans(self) -> list[tuple[str, str, float, str]]:
+        """(key, request id, started, owner) of write-ahead records whose owner is gone:
+        requests in flight when an earlier process died (they may have been paid)."""
         now = time.time()
         with self._lock:
-            rows = self._db.execute("SELECT request_id, started, owner, expires FROM inflight")
+            rows = self._db.execute("SELECT key, request_id, started, owner, expires FROM inflight")
             rows = rows.fetchall()
         return [
-            (r, s, o) for r, s, o, e in rows if o != self.owner and (e <= now or not owner_alive(o))
+            (k, r, s, o)
+            for k, r, s, o, e in rows
+            if o != self.owner and (e <= now or not owner_alive(o))
         ]
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Delete the write-ahead records of ``keys`` (orphans, once reported)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM inflight WHERE key = ?", ((k,) for k in keys))
 
     # -- accounting ----------------------------------------------------------------------------
     def totals(self) -> tuple[int, float, int]:

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from phi_ray.llm.budget import find_price
 from phi_ray.llm.cache import CachedAnswer, ResponseCache
 from phi_ray.llm.limiter import make_limiter
-from phi_ray.llm.sync import CacheSync
 from phi_ray.llm.transport import BUSY, PENDING, Transport, parse_body
 from phi_ray.llm.types import (
     REPAIR_PROMPT,
@@ -67,10 +66,12 @@ class LLMClient:
         self.model = model or cfg.model
         self.progress = progress
         self._check_priced(self.model)
-        self.sync: CacheSync | None = None
+        self.sync: Any = None  # a CacheSync for object-store runs
         if cache_dir is not None and "://" in cache_dir:
             # SQLite needs a local file: a working copy, restored from and synced back to
             # the run's .work/<stage>/ in the object store.
+            from phi_ray.llm.sync import CacheSync  # pyarrow: only object-store runs pay it
+
             self.sync = CacheSync(cache_dir, cfg.cache_sync_s)
             cache_dir = self.sync.restore()
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
@@ -172,10 +173,11 @@ class LLMClient:
         assert self.cache is not None
         settled = self.cache.settle_raw(lambda raw, sent: parse_body(raw, sent, self.cfg.prices))
         orphans = self.cache.orphans()
+        self.cache.drop(k for k, *_ in orphans)  # reported once; a claim would take them over
         self.stats["recovered_raw"] += settled
         self.stats["inflight_at_start"] += len(orphans)
         if orphans:
-            ids = ", ".join(r for r, _, _ in orphans[:5])
+            ids = ", ".join(o[1] for o in orphans[:5])
             log.warning(
                 "%d LLM requests were in flight when an earlier process stopped (%s%s); they "
                 "may have been paid, and are asked again",
@@ -363,7 +365,7 @@ class LLMClient:
             finally:
                 self._inflight.pop(key, None)
                 fut.set_result(None)
-                if self.cache is not None and not isinstance(got, CachedAnswer):
+                if self.cache is not None and got is not BUSY and not isinstance(got, CachedAnswer):
                     self.cache.release(key)  # no answer: this process's lease ends
             if got is not BUSY:
                 break
