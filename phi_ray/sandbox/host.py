@@ -135,6 +135,7 @@ class _Server:
     def __init__(self, cfg: dict, prefix: list[str], python: str) -> None:
         self.cfg, self.prefix, self.python = cfg, prefix, python
         self.proc: subprocess.Popen | None = None
+        self.judge_w: int | None = None  # the judge's payload pipe
 
     def _start(self) -> subprocess.Popen:
         env = {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ}
@@ -142,8 +143,11 @@ class _Server:
         debug = os.environ.get("PHI_RAY_SANDBOX_DEBUG")
         if debug:
             env["PHI_RAY_SANDBOX_DEBUG"] = debug
+        judge_r, judge_w = os.pipe()
+        cfg = {**self.cfg, "judge_fd": judge_r}
         proc = subprocess.Popen(
-            [*self.prefix, self.python, "-I", "-S", SERVER, json.dumps(self.cfg)],
+            [*self.prefix, self.python, "-I", "-S", SERVER, json.dumps(cfg)],
+            pass_fds=(judge_r,),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None if debug else subprocess.DEVNULL,
@@ -151,12 +155,16 @@ class _Server:
             env=env,
             start_new_session=True,
         )
+        os.close(judge_r)
+        self.judge_w = judge_w
         try:
             ready = json.loads(_readline(proc.stdout.fileno(), 60))
             if not ready.get("ready"):
                 raise ValueError("no ready line")
         except (OSError, ValueError, TimeoutError) as e:
             self._kill(proc)
+            os.close(judge_w)
+            self.judge_w = None
             raise SandboxError(f"sandbox server did not start: {type(e).__name__}: {e}") from None
         return proc
 
@@ -168,10 +176,10 @@ class _Server:
         try:
             fd = self.proc.stdin.fileno()
             wire.send(fd, header)
-            for blob in (cand, judge):
+            for out, blob in ((fd, cand), (self.judge_w, judge)):
                 view = memoryview(blob)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(out, view):]
             ans = json.loads(_readline(self.proc.stdout.fileno(), wait_s))
             if not isinstance(ans, dict):
                 raise ValueError("answer is not an object")
@@ -191,6 +199,10 @@ class _Server:
             return
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
+        if self.judge_w is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.judge_w)
+            self.judge_w = None
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

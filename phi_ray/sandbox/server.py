@@ -56,8 +56,8 @@ def _stdio_null(keep: set[int]) -> None:
         os.close(null)
 
 
-def _payload(n: int) -> dict:
-    return json.loads(wire._read_exact(0, n).decode("utf-8", "surrogatepass"))
+def _payload(fd: int, n: int) -> dict:
+    return json.loads(wire._read_exact(fd, n).decode("utf-8", "surrogatepass"))
 
 
 def _cgroup_join(dirfds: list[int]) -> None:
@@ -71,7 +71,8 @@ def _cgroup_join(dirfds: list[int]) -> None:
 
 def _candidate(cfg: dict, hdr: dict, r: int, w: int, sync: int, work: str) -> None:
     os.setsid()
-    job = _payload(hdr["cand_len"])
+    os.close(cfg["judge_fd"])
+    job = _payload(0, hdr["cand_len"])
     os.write(sync, b"k")
     _cgroup_join(cfg["cgroup_fds"])
     lim = hdr["limits"]
@@ -87,9 +88,10 @@ def _candidate(cfg: dict, hdr: dict, r: int, w: int, sync: int, work: str) -> No
     candidate.serve(r, w, job["code"], job["filename"], job["module"])
 
 
-def _judge(cfg: dict, hdr: dict, r: int, w: int, out: int) -> None:
+def _judge(cfg: dict, hdr: dict, r: int, w: int, out: int, sync: int) -> None:
     os.setsid()
-    job = _payload(hdr["judge_len"])
+    job = _payload(cfg["judge_fd"], hdr["judge_len"])
+    os.write(sync, b"k")
     jail.prctl(jail.PR_SET_DUMPABLE, 0)  # no ptrace, no /proc/<judge>/mem or fd by anyone
     _stdio_null({r, w, out})
     lim = hdr["limits"]
@@ -155,6 +157,19 @@ def _sample_pids(cfg: dict, cand: int, judge_pid: int) -> set[int]:
 def _kill_all(cfg: dict, roots: set[int]) -> dict[int, int]:
     """SIGKILL every process of the sample and reap it; returns {pid: wait status}."""
     statuses: dict[int, int] = {}
+    if cfg["pidns"]:
+        # As init: one kill(-1) reaches every process in the namespace, and the kernel
+        # aborts any fork racing with it, so blocking waits end.
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:
+            try:
+                pid, st = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return statuses
+            statuses[pid] = st
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if cfg["pidns"]:
@@ -259,16 +274,12 @@ def _one(cfg: dict, hdr: dict) -> dict:
     work = "/tmp" if cfg["view"] else tempfile.mkdtemp(dir=cfg["workdir"])
     if not cfg["view"] and cfg["cand_uid"] is not None:
         os.chown(work, cfg["cand_uid"], cfg["cand_uid"])
-    cand = _fork(_candidate, cfg, hdr, j2c_r, c2j_w, sync_w, work)
-    os.close(sync_w)
-    synced = os.read(sync_r, 1) == b"k"
-    os.close(sync_r)
-    if not synced:  # it never read its payload: our stdin is out of step, start over
-        _kill_all(cfg, {cand})
-        raise SystemExit("candidate failed before reading its payload")
     vr, vw = os.pipe()
-    judge_pid = _fork(_judge, cfg, hdr, c2j_r, j2c_w, vw)
-    for fd in (j2c_r, j2c_w, c2j_r, c2j_w, vw):
+    # Each child reads its own payload (the candidate from stdin, the judge from its own
+    # pipe): this process never holds a test, so no later candidate forked from it can.
+    cand = _fork(_candidate, cfg, hdr, j2c_r, c2j_w, sync_w, work)
+    judge_pid = _fork(_judge, cfg, hdr, c2j_r, j2c_w, vw, sync_w)
+    for fd in (j2c_r, j2c_w, c2j_r, c2j_w, vw, sync_w):
         os.close(fd)
     data, stop = _wait(cfg, hdr, vr, cand, judge_pid)
     os.close(vr)
@@ -278,6 +289,10 @@ def _one(cfg: dict, hdr: dict) -> dict:
     died = _reap(cand, 0.2 if isinstance(verdict, dict) and verdict.get("gone") else 0.0)
     statuses = _kill_all(cfg, {cand, judge_pid})
     statuses[cand] = died
+    synced = select.select([sync_r], [], [], 0)[0] and os.read(sync_r, 4) == b"kk"
+    os.close(sync_r)
+    if not synced:  # a payload was not read whole: our input streams are out of step
+        raise SystemExit("a child failed before reading its payload")
     if cfg["view"]:
         jail.reset_tmp(cfg["tmp_mb"], only_dirty=True)
     else:
