@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from phi_ray.config import DedupConfig, FilterConfig
-from phi_ray.corpus.filters import quality_reason, text_reason
+from phi_ray.corpus.filters import READ_REASONS, quality_reason, text_reason
 from phi_ray.corpus.minhash import band_keys, signature
 
 DOC_SCHEMA = pa.schema(
@@ -132,4 +132,4 @@ def process_batch(
 
 
 # Texts these reasons reject are not worth tokenizing (no text, or NUL-riddled / huge).
-_UNTOKENIZED = {"empty", "binary", "huge", "unreadable", "not_utf8", "bad_record", "no_answer"}
+_UNTOKENIZED = {*READ_REASONS, "empty"}

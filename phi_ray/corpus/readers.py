@@ -3,22 +3,25 @@
 Raw rows are ``content`` (null when the input could not be used), ``path``, ``repo``,
 ``license``, ``source`` and ``drop`` (``""``, or the reason the input is unusable; see
 :mod:`phi_ray.corpus.filters`). File contents are read inside Ray tasks: the driver only
-lists paths (or Parquet fragments), it never holds the corpus.
+plans listings (see :mod:`phi_ray.corpus.listing`) or lists Parquet fragments, it never
+holds the corpus. A hostile input (a FIFO, a link out of the tree, a wrongly typed or
+undecodable column) is a row with a drop reason, never a crash or a hang.
 
 Sources (``corpus.sources[*].kind``):
 
-* ``stack_parquet``: The Stack (dedup) Parquet layout, a local directory or an object-store
-  URI: ``content``, ``max_stars_repo_path``, ``max_stars_repo_name``,
-  ``max_stars_repo_licenses`` (or ``path`` / ``repo_name`` / ``licenses``), ...
-* ``hub``: the same layout streamed from the Hugging Face hub with ``datasets``.
+* ``stack_parquet`` / ``hub``: The Stack (dedup) Parquet layout, local, at an
+  object-store URI, or on the Hugging Face hub; see :mod:`phi_ray.corpus.stack`.
 * ``stackoverflow``: question/answer records (JSONL, optionally gzipped, or Parquet); see
   :mod:`phi_ray.corpus.stackoverflow`.
-* ``local_dir`` / ``stdlib``: a tree of ``.py`` files; ``stdlib`` is the running Python's
-  standard library without its tests, so the tiny preset needs no download.
+* ``local_dir`` / ``stdlib``: a tree of ``.py`` files, listed inside Ray tasks;
+  ``stdlib`` is the running Python's standard library without its tests, so the tiny
+  preset needs no download.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 import sysconfig
@@ -28,9 +31,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from phi_ray.config import SourceConfig, resolve_path
-from phi_ray.corpus import stackoverflow
+from phi_ray.corpus import listing, stackoverflow
 from phi_ray.corpus.filters import decode_bytes
 
+log = logging.getLogger("phi_ray.corpus")
 RAW_SCHEMA = pa.schema(
     [
         ("content", pa.string()),
@@ -41,13 +45,6 @@ RAW_SCHEMA = pa.schema(
         ("drop", pa.string()),
     ]
 )
-# Candidate column names per canonical field, in preference order (The Stack v1 dedup first).
-STACK_COLUMNS = {
-    "content": ("content", "text"),
-    "path": ("max_stars_repo_path", "path", "max_issues_repo_path", "max_forks_repo_path"),
-    "repo": ("max_stars_repo_name", "repo_name", "repo", "max_issues_repo_name"),
-    "license": ("max_stars_repo_licenses", "licenses", "license", "max_issues_repo_licenses"),
-}
 _DEFAULT_NAME = {
     "stack_parquet": "the-stack",
     "hub": "the-stack",
@@ -56,7 +53,6 @@ _DEFAULT_NAME = {
     "stdlib": "stdlib",
 }
 _DEFAULT_LICENSE = {"stdlib": "PSF-2.0", "stackoverflow": "CC-BY-SA-4.0", "local_dir": "unknown"}
-_EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 FILES_PER_BLOCK = 128  # local files per Ray read block: ~1-2 MB of code, enough to amortise
 
 
@@ -78,11 +74,17 @@ def read_source(src: SourceConfig, max_bytes: int, index: int = 0) -> Any:
     if src.kind in ("local_dir", "stdlib"):
         return _read_files(src, where, max_bytes)
     if src.kind == "stack_parquet":
-        return _read_stack(src, where)
+        from phi_ray.corpus.stack import read_stack
+
+        files = [f for f, _ in _list(src, where, (".parquet",))]
+        return read_stack(src, where, files, None, max_bytes)
     if src.kind == "stackoverflow":
-        return stackoverflow.read(src, where, _list(src, where, stackoverflow.SUFFIXES))
+        files = _list(src, where, stackoverflow.SUFFIXES)
+        return stackoverflow.read(src, where, files, max_bytes)
     if src.kind == "hub":
-        return _read_hub(src, where)
+        from phi_ray.corpus.stack import read_hub
+
+        return read_hub(src, where, max_bytes)
     raise CorpusError(f"{where}: unknown source kind {src.kind!r}")
 
 
@@ -93,9 +95,18 @@ def stdlib_root() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
+def _root(src: SourceConfig) -> str:
+    return stdlib_root() if src.kind == "stdlib" else resolve_path(src.path)
+
+
 def _list(src: SourceConfig, where: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
-    """(path, size) of the source's input files, sorted; a clear error if there are none."""
-    root = stdlib_root() if src.kind == "stdlib" else resolve_path(src.path)
+    """(path, size) of the source's input files, listed here, sorted; an error if none.
+
+    For sources with few, large files (Parquet, JSONL dumps); ``.py`` trees are listed
+    inside Ray tasks instead (:func:`_read_files`). Local entries that are not regular
+    files inside the tree are left out with a warning: a FIFO would block the reader.
+    """
+    root = _root(src)
     if "://" in root:
         files = _list_uri(root, where, suffixes)
     else:
@@ -113,22 +124,18 @@ def _list(src: SourceConfig, where: str, suffixes: tuple[str, ...]) -> list[tupl
 def _list_local(
     root: str, where: str, suffixes: tuple[str, ...], skip_tests: bool
 ) -> list[tuple[str, int]]:
-    if not os.path.exists(root):
+    if not os.path.lexists(root):
         raise CorpusError(f"{where}: {root} does not exist")
-    if os.path.isfile(root):
-        return [(root, os.path.getsize(root))]
+    tree = listing.tree_root(root)
     out = []
-    for d, dirs, names in os.walk(root):
-        if skip_tests:
-            dirs[:] = [x for x in dirs if x not in _EXCLUDED_DIRS]
-        for n in names:
-            if n.endswith(suffixes):
-                p = os.path.join(d, n)
-                try:
-                    size = os.stat(p).st_size
-                except OSError:  # dangling link, vanished file: the reader reports it
-                    size = -1
-                out.append((p, size))
+    for shard in listing.plan_shards(root, suffixes, skip_tests, max_depth=1):
+        for p in listing.walk_shard(shard, suffixes, skip_tests):
+            fd, reason = listing.open_regular(p, tree)
+            if fd is None:
+                log.warning("%s: skipping %s (%s)", where, p, reason)
+                continue
+            out.append((p, os.fstat(fd).st_size))
+            os.close(fd)
     return sorted(out)
 
 
@@ -152,23 +159,78 @@ def _list_uri(root: str, where: str, suffixes: tuple[str, ...]) -> list[tuple[st
 
 
 def _read_files(src: SourceConfig, where: str, max_bytes: int) -> Any:
+    """Plan shards here, list and read them in Ray tasks, ``FILES_PER_BLOCK`` per block."""
     import ray
 
-    files = _list(src, where, (".py",))
-    root = stdlib_root() if src.kind == "stdlib" else resolve_path(src.path)
+    root, skip = _root(src), src.kind == "stdlib"
+    if not listing.exists(root):
+        raise CorpusError(f"{where}: {root} does not exist")
+    shards = listing.plan_shards(root, (".py",), skip, FILES_PER_BLOCK)
+    if not shards:
+        raise CorpusError(f"{where}: no .py files under {root}")
+    sample = _sample_plan(shards, src, where, root) if src.max_files else None
     if src.kind == "stdlib":
         repo = f"cpython/Lib@{sys.version_info.major}.{sys.version_info.minor}"
     else:
         repo = os.path.basename(os.path.normpath(root.split("://")[-1])) or root
-    items = [{"file": p, "size": s, "rel": _relpath(p, root), "repo": repo} for p, s in files]
+    items = [
+        {"shard": json.dumps(s), "sample": json.dumps(sample[i] if sample else None)}
+        for i, s in enumerate(shards)
+    ]
+    tree = None if "://" in root else listing.tree_root(root)
     meta = {"license": src.license or _DEFAULT_LICENSE[src.kind], "source": source_name(src)}
-    blocks = max(1, -(-len(items) // FILES_PER_BLOCK))
-    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+    listed = ray.data.from_items(items, override_num_blocks=min(len(items), 256)).map_batches(
+        list_shard_batch,
+        batch_format="pyarrow",
+        batch_size=1,
+        fn_kwargs={"root": root, "repo": repo, "skip_tests": skip},
+    )
+    # Listing blocks are as large as their subtrees: re-cut them (streaming, no shuffle)
+    # so every read task gets FILES_PER_BLOCK files whatever the tree's shape.
+    return listed.repartition(target_num_rows_per_block=FILES_PER_BLOCK).map_batches(
         read_file_batch,
         batch_format="pyarrow",
         batch_size=None,
-        fn_kwargs={"max_bytes": max_bytes, **meta},
+        fn_kwargs={"max_bytes": max_bytes, "tree": tree, **meta},
     )
+
+
+def _sample_plan(shards: list, src: SourceConfig, where: str, root: str) -> list | None:
+    """Per shard ``[offset, n, step]`` of the global stride sample, from counts made in
+    Ray tasks (the driver holds one integer per shard); None when no sampling is needed."""
+    import ray
+
+    count = ray.remote(num_cpus=1)(_count_shards)
+    groups = [shards[i : i + 64] for i in range(0, len(shards), 64)]
+    skip = src.kind == "stdlib"
+    counts = [c for g in ray.get([count.remote(g, skip) for g in groups]) for c in g]
+    total = sum(counts)
+    if total == 0:
+        raise CorpusError(f"{where}: no .py files under {root}")
+    if total <= src.max_files:
+        return None
+    step, offset, plan = total / src.max_files, 0, []
+    for n in counts:
+        plan.append([offset, n, step])
+        offset += n
+    return plan
+
+
+def _count_shards(shards: list, skip_tests: bool) -> list[int]:
+    return [len(listing.walk_shard(s, (".py",), skip_tests)) for s in shards]
+
+
+def list_shard_batch(batch: pa.Table, root: str, repo: str, skip_tests: bool) -> pa.Table:
+    """Shards -> listed items (file, rel, repo): the walk happens here, in the task."""
+    files: list[str] = []
+    for item in batch.to_pylist():
+        paths = listing.walk_shard(json.loads(item["shard"]), (".py",), skip_tests)
+        sample = json.loads(item["sample"])
+        if sample is not None:
+            paths = [paths[i] for i in listing.stride_picks(*sample) if i < len(paths)]
+        files.extend(paths)
+    rel = [_relpath(p, root) for p in files]
+    return pa.table({"file": files, "rel": rel, "repo": [repo] * len(files)})
 
 
 def _relpath(p: str, root: str) -> str:
@@ -177,11 +239,13 @@ def _relpath(p: str, root: str) -> str:
     return p[len(root) :].lstrip("/") if p.startswith(root) else p
 
 
-def read_file_batch(batch: pa.Table, max_bytes: int, license: str, source: str) -> pa.Table:
+def read_file_batch(
+    batch: pa.Table, max_bytes: int, license: str, source: str, tree: str | None = None
+) -> pa.Table:
     """Read one block of listed files into raw rows; every failure becomes a drop reason."""
     rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
     for item in batch.to_pylist():
-        text, reason = read_one(item["file"], item["size"], max_bytes)
+        text, reason = read_one(item["file"], item.get("size", -1), max_bytes, tree)
         rows["content"].append(text)
         rows["path"].append(item["rel"])
         rows["repo"].append(item["repo"])
@@ -191,112 +255,23 @@ def read_file_batch(batch: pa.Table, max_bytes: int, license: str, source: str) 
     return pa.table(rows, schema=RAW_SCHEMA)
 
 
-def read_one(path: str, size: int, max_bytes: int) -> tuple[str | None, str | None]:
-    """(text, None) or (None, reason) for one file; never raises for bad input."""
+def read_one(
+    path: str, size: int, max_bytes: int, tree: str | None = None
+) -> tuple[str | None, str | None]:
+    """(text, None) or (None, reason) for one file; never raises or blocks for bad input.
+
+    ``tree``: the real directory a local file must resolve into (None: no check).
+    ``size``: the listed size, used for URIs (local files are sized by ``fstat``).
+    """
+    if "://" not in path:
+        data, reason = listing.read_regular(path, tree, max_bytes)
+        return (None, reason) if data is None else decode_bytes(data, max_bytes)
     if size > max_bytes:
-        return None, "huge"  # not read at all: a 5 GB "x.py" must not reach memory
+        return None, "huge"
     try:
-        if "://" in path:
-            fs, p = pafs.FileSystem.from_uri(path)
-            with fs.open_input_stream(p) as f:
-                data = f.read(max_bytes + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(max_bytes + 1)
+        fs, p = pafs.FileSystem.from_uri(path)
+        with fs.open_input_stream(p) as f:
+            data = f.read(max_bytes + 1)
     except (OSError, ValueError):
         return None, "unreadable"
     return decode_bytes(data, max_bytes)
-
-
-# --------------------------------------------------------------------------- The Stack
-
-
-def _stack_columns(names: list[str], where: str, first: str) -> dict[str, str | None]:
-    """Map canonical fields to the columns present; ``content`` is required."""
-    cols = {k: next((c for c in cands if c in names), None) for k, cands in STACK_COLUMNS.items()}
-    if cols["content"] is None:
-        raise CorpusError(
-            f"{where}: {first} has no 'content' column (columns: {', '.join(names)}); "
-            "expected The Stack's Parquet layout"
-        )
-    return cols
-
-
-def _read_stack(src: SourceConfig, where: str) -> Any:
-    import pyarrow.parquet as pq
-    import ray
-
-    files = _list(src, where, (".parquet",))
-    first = files[0][0]
-    try:
-        fs, p = pafs.FileSystem.from_uri(first) if "://" in first else (None, first)
-        names = pq.read_schema(p, filesystem=fs).names
-    except (OSError, pa.ArrowInvalid) as e:
-        raise CorpusError(f"{where}: cannot read Parquet schema of {first}: {e}") from None
-    cols = _stack_columns(names, where, first)
-    paths = [f for f, _ in files]
-    ds = ray.data.read_parquet(paths, columns=sorted({c for c in cols.values() if c}))
-    if src.max_files:
-        ds = ds.limit(src.max_files)
-    meta = {"source": source_name(src), "license": src.license or ""}
-    return ds.map_batches(stack_batch, batch_format="pyarrow", fn_kwargs={"cols": cols, **meta})
-
-
-def stack_batch(
-    batch: pa.Table, cols: dict[str, str | None], source: str, license: str
-) -> pa.Table:
-    """Stack-layout columns -> raw rows (license lists joined with commas)."""
-    n = batch.num_rows
-
-    def col(field: str, default: str) -> list:
-        name = cols.get(field)
-        return batch.column(name).to_pylist() if name else [default] * n
-
-    lic = [
-        ",".join(map(str, v)) if isinstance(v, list) else (v or license)
-        for v in col("license", license)
-    ]
-    return pa.table(
-        {
-            "content": col("content", ""),
-            "path": [p or "" for p in col("path", "")],
-            "repo": [r or "" for r in col("repo", "")],
-            "license": lic,
-            "source": [source] * n,
-            "drop": [""] * n,
-        },
-        schema=RAW_SCHEMA,
-    )
-
-
-# --------------------------------------------------------------------------- hub
-
-
-def _read_hub(src: SourceConfig, where: str) -> Any:
-    """Stream a Stack-layout dataset from the Hugging Face hub (needs ``datasets``)."""
-    import ray
-
-    try:
-        import datasets
-    except ImportError:
-        raise CorpusError(
-            f"{where}: kind=hub needs the optional 'datasets' package "
-            "(pip install 'phi-ray[hub]'); offline, download the Parquet files and use "
-            "kind: stack_parquet with path: <that directory>"
-        ) from None
-    try:
-        ds = datasets.load_dataset(src.path, data_dir=src.data_dir, split="train", streaming=True)
-        names = list(ds.features) if ds.features else list(next(iter(ds.take(1))))
-    except Exception as e:  # datasets raises many types for "no network" / "gated" / "no such"
-        raise CorpusError(
-            f"{where}: cannot stream {src.path!r} from the Hugging Face hub "
-            f"({type(e).__name__}: {e}). Check the network and HF_TOKEN (The Stack is gated), "
-            "or download the Parquet files and use kind: stack_parquet"
-        ) from None
-    cols = _stack_columns(names, where, src.path)
-    if src.max_files:
-        ds = ds.take(src.max_files)
-    meta = {"source": source_name(src), "license": src.license or ""}
-    return ray.data.from_huggingface(ds).map_batches(
-        stack_batch, batch_format="pyarrow", fn_kwargs={"cols": cols, **meta}
-    )

@@ -25,6 +25,9 @@ _BOILER_CLOSE = re.compile(
 _FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 _PY_LANGS = {"", "python", "py", "python3", "pycon", "doctest"}
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+# What parsing untrusted code raises: deep nesting is a RecursionError ("during ast
+# construction") or a MemoryError (the parser's stack), NUL bytes a ValueError.
+PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError)
 
 
 def strip_boilerplate(text: str) -> str:
@@ -66,7 +69,7 @@ def session_parses(block: str) -> bool:
     for ex in examples:
         try:
             compile(ex.source, "<session>", "single")
-        except SyntaxError:
+        except PARSE_ERRORS:
             return False
     return bool(examples)
 
@@ -148,7 +151,7 @@ def split_exercise(code: str, func_name: str | None) -> tuple[Split | None, str]
     """Split a generated exercise; the reason names why one could not be made."""
     try:
         tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+    except PARSE_ERRORS:
         return None, "syntax_error"
     node = find_function(tree, func_name)
     if node is None:

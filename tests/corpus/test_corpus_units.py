@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -144,30 +143,6 @@ def test_stdlib_sample_excludes_tests_and_is_spread():
     parts = {p for f, _ in files for p in Path(f).parts}
     assert not parts & {"test", "tests", "idle_test", "site-packages"}
     assert len({Path(f).parent for f, _ in files}) > 3  # a stride over packages, not one dir
-
-
-def test_hub_without_datasets_says_how_to_fix(monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
-    src = SourceConfig(kind="hub", path="bigcode/the-stack-dedup", data_dir="data/python")
-    with pytest.raises(
-        CorpusError,
-        match=r"kind=hub needs the optional 'datasets' package.*phi-ray\[hub\].*stack_parquet",
-    ):
-        read_source(src, 1000)
-
-
-def test_hub_unreachable_says_how_to_fix(tmp_path, monkeypatch):
-    # A stand-in `datasets` whose load fails the way it does offline.
-    (tmp_path / "datasets.py").write_text(
-        "def load_dataset(*a, **k):\n    raise ConnectionError('Couldn\\'t reach the Hugging Face Hub')\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "datasets", raising=False)
-    src = SourceConfig(kind="hub", path="bigcode/the-stack-dedup")
-    with pytest.raises(
-        CorpusError, match=r"cannot stream 'bigcode/the-stack-dedup'.*ConnectionError.*HF_TOKEN"
-    ):
-        read_source(src, 1000)
 
 
 def test_finished_passes_are_reused_after_a_crash(tmp_path):
