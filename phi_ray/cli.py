@@ -80,12 +80,43 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, key, help_ in _SHORTHANDS.get(stage.name, []):
             p.add_argument(flag, dest=key.replace(".", "__"), default=None, help=f"{help_} ({key})")
 
+    p = sub.add_parser("plan", help="per-GPU memory and step time of a preset's training")
+    _common(p)
+    p.add_argument("--gpu", default="a100-40gb", choices=sorted(_plan_gpus()))
+    p.add_argument("--nodes", type=int, default=1, help="nodes (8 GPUs each)")
+    p.add_argument("--mfu", type=float, default=0.45, help="assumed MFU for step time")
+    p.add_argument("--phase", choices=["pretrain", "finetune", "both"], default="both")
+
     p = sub.add_parser("config", help="show the resolved configuration of a preset")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     show = csub.add_parser("show", help="print the resolved config as YAML")
     _common(show)
     csub.add_parser("presets", help="list the presets")
     return parser
+
+
+def _plan_gpus() -> list[str]:
+    from phi_ray.plan import GPUS
+
+    return list(GPUS)
+
+
+def _plan(cfg: Config, args: argparse.Namespace) -> int:
+    """Print the memory plan; exit 3 when the configured step does not fit."""
+    from phi_ray.plan import GPUS, plan_memory
+
+    phases = ["pretrain", "finetune"] if args.phase == "both" else [args.phase]
+    fits = True
+    for phase in phases:
+        from phi_ray.plan import render
+
+        print(render(cfg, phase, args.gpu, args.nodes, args.mfu), end="\n\n")
+        tc, gpu = getattr(cfg, phase), GPUS[args.gpu]
+        world = gpu.per_node * args.nodes
+        p = plan_memory(cfg.model, cfg.pack.seq_len, tc.micro_batch, gpu, world, tc.strategy,
+                        tc.activation_checkpointing)
+        fits = fits and p.fits
+    return 0 if fits else 3
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -168,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(dump_config(cfg), end="")
         return 0
+    if args.command == "plan":
+        return _plan(cfg, args)
     try:
         if args.command == "run":
             from phi_ray.pipeline import StageFailed, run_pipeline

@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from phi_ray.config import ModelConfig, TrainConfig
 from phi_ray.train import checkpoint as ckpt
@@ -58,20 +57,33 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device
     )
 
 
-def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, world: int):
-    """DDP (replicated) or FSDP2 (``fully_shard`` per decoder layer, then the root)."""
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+def wrap_model(
+    model: torch.nn.Module,
+    strategy: str,
+    device: torch.device,
+    world: int,
+    dtype: torch.dtype = torch.float32,
+):
+    """DDP (replicated) or FSDP2 (``fully_shard`` per decoder layer, then the root).
 
+    FSDP2 all-gathers parameters in the compute dtype and reduce-scatters gradients in fp32
+    (``MixedPrecisionPolicy``): half the all-gather bytes and no fp32 layer copy per GPU.
+    DDP's gradients are views into its all-reduce buckets (``gradient_as_bucket_view``):
+    without it every gradient exists twice, once in ``.grad`` and once in its bucket.
+    """
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for layer in model.model.layers:
-            fully_shard(layer)
-        return fully_shard(model)
+            fully_shard(layer, mp_policy=mp)
+        return fully_shard(model, mp_policy=mp)
     if world == 1:
         return model  # nothing to synchronise; skips DDP's bucket copies
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
+    return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def _sync_context(model: torch.nn.Module, sync: bool):
@@ -84,10 +96,10 @@ def _sync_context(model: torch.nn.Module, sync: bool):
 
 
 def _loss(model, w: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Mean next-token loss of windows ``w`` (B, T+1), fused: no (B, T, V) logits exist."""
     x, y = w[:, :-1], w[:, 1:]  # (B, T) inputs and next-token targets
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(input_ids=x).logits  # (B, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        return model(input_ids=x, labels=y)  # PhiForTraining: the loss, from hidden states
 
 
 def _all_mean(t: torch.Tensor, world: int) -> float:
@@ -132,7 +144,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from phi_ray.model.phi import build_model
+    from phi_ray.model.phi import build_train_model, prepare_layers
     from phi_ray.runtime import pick_dtype
 
     tc, mcfg = TrainConfig(**config["train"]), ModelConfig(**config["model"])
@@ -143,12 +155,19 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["threads"])
     dtype = pick_dtype(tc.precision, str(device))
     seed = config["seed"]
-    model = build_model(mcfg, str(device), seed).to(device)  # same init on every rank
+    if device.type == "cuda":  # refuse, naming the fix, a micro-batch that cannot fit
+        from phi_ray.plan import check_device
+
+        phase = (config.get("logs") or {}).get("phase", "pretrain")
+        check_device(mcfg, tc, int(config["seq_len"]), world, device, phase)
+    model = build_train_model(mcfg, str(device), seed).to(device)  # same init on every rank
     torch.manual_seed(seed + 1 + rank)  # then dropout masks differ per rank
     resume = ray.train.get_checkpoint()
     if config.get("init_from") and resume is None:
         model.load_state_dict(ckpt.load_hf_weights(localize(config["init_from"])))
-    model = wrap_model(model, tc.strategy, device, world)
+    compile_on = tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda")
+    prepare_layers(model, tc.activation_checkpointing, compile_on)
+    model = wrap_model(model, tc.strategy, device, world, dtype)
     optim = make_optimizer(model, tc, device)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(tc))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -181,6 +200,7 @@ class _Loop:
         self.config, self.tc, self.model, self.optim = config, tc, model, optim
         self.sched, self.scaler, self.dtype, self.device = sched, scaler, dtype, device
         self.rank, self.world = rank, world
+        self._cuda = device.type == "cuda"
         seq_len = int(config["seq_len"])
         self.tokens_per_step = tc.global_batch * seq_len
         self.flops_per_token = model_flops_per_token(model, seq_len)
@@ -191,7 +211,8 @@ class _Loop:
         """One optimizer step over ``plan.accum`` micro-batches; returns (loss, grad norm)."""
         loss_sum = torch.zeros((), device=self.device)
         for m in range(plan.accum):
-            w = torch.from_numpy(train.take(plan.indices(step, self.rank, m))).to(self.device)
+            w = torch.from_numpy(train.take(plan.indices(step, self.rank, m)))
+            w = w.pin_memory().to(self.device, non_blocking=True) if self._cuda else w
             with _sync_context(self.model, m == plan.accum - 1):
                 loss = _loss(self.model, w, self.dtype, self.device)
                 self.scaler.scale(loss / plan.accum).backward()
