@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench install install-dev clean check-compat
+.PHONY: demo test check-clients lint format bench install install-dev clean check-compat
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -33,6 +33,10 @@ demo: install
 ## test: the test suite (pytest, real Ray, tiny models)
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## check-clients: lm-eval (local-completions) against a real `phi-ray serve` (minutes)
+check-clients: install-dev
+	PHI_RAY_CHECK_CLIENTS=1 $(BIN)/python -m pytest -m clients tests $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .
