@@ -224,6 +224,11 @@ class EmbedderConfig:
     pooling: Literal["mean", "last", "max"] = "mean"
     max_length: int = 1024  # tokens; longer files are truncated (head kept)
     batch_size: int = 32
+    # forward batches by token budget (rows x padded width); 0: batch_size x max_length
+    batch_tokens: int = 0
+    # sdpa: CodeGen attention in the model dtype through scaled_dot_product_attention
+    # (eager: transformers' fp32 q.k^T with materialised scores, the reference)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     # tiny-codegen only: architecture built from config, random init with run.seed
     tiny_layers: int = 2
     tiny_hidden: int = 64
@@ -232,6 +237,7 @@ class EmbedderConfig:
     def __post_init__(self) -> None:
         _check(self.max_length > 0, "max_length", "must be > 0")
         _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(self.batch_tokens >= 0, "batch_tokens", "must be >= 0 (0: batch_size x max_length)")
         _check(self.tiny_layers > 0, "tiny_layers", "must be > 0")
         # CodeGen splits q/k/v into 4 groups of heads, so tiny-codegen needs heads % 4 == 0.
         _check(self.tiny_heads > 0 and self.tiny_heads % 4 == 0, "tiny_heads", "must be 4, 8, 12..")

@@ -19,9 +19,15 @@ Policies (documented here because the classifier's meta records them):
   so every input gets a finite vector.
 - **Pooling**: ``mean`` over non-pad tokens (default), ``last`` (the last real token,
   which in a causal model has seen the whole file) or ``max`` over non-pad tokens.
-- **Batching**: rows are sorted by token length and cut into batches of ``batch_size``
-  (longest first, so memory peaks on the first batch), right-padded to the batch's
-  longest row; results come back in input order.
+- **Batching**: rows are sorted by token length (longest first, so memory peaks on the
+  first batch) and cut into batches by a token budget: as many rows as fit
+  ``batch_tokens`` (default ``batch_size x max_length``) at the batch's padded width, so
+  short files fill the device as long ones do; right-padded; results in input order.
+- **Attention**: ``scaled_dot_product_attention`` in the model dtype (flash / memory-
+  efficient kernels on GPUs; ``attn_implementation: sdpa``). transformers' eager CodeGen
+  attention casts q and k to fp32 and materialises the (B, heads, T, T) fp32 scores
+  (4 GiB per layer at batch 64 x 1024 tokens); it stays available as ``eager``, the
+  reference the tests check against.
 - **Precision**: bf16 (fp16 where bf16 is missing) on GPUs, fp32 on CPUs.
 """
 
@@ -51,6 +57,17 @@ def load_tokenizer(model: str) -> Any:
     return get_tokenizer(None if model == TINY else model)
 
 
+def _attn(cfg: EmbedderConfig, cls: Any) -> str:
+    """The configured attention where the model class has it (transformers 4.x CodeGen has
+    no SDPA path), else eager."""
+    want = cfg.attn_implementation
+    if want == "sdpa" and not getattr(cls, "_supports_sdpa", False):
+        return "eager"
+    if want == "flash_attention_2" and not getattr(cls, "_supports_flash_attn", False):
+        return "eager"
+    return want
+
+
 def _tiny_codegen(cfg: EmbedderConfig, vocab_size: int, seed: int) -> torch.nn.Module:
     """A small, randomly initialised ``CodeGenModel``; same seed -> same weights."""
     from transformers import CodeGenConfig, CodeGenModel
@@ -66,6 +83,7 @@ def _tiny_codegen(cfg: EmbedderConfig, vocab_size: int, seed: int) -> torch.nn.M
         rotary_dim=max(2, head_dim // 2),  # codegen-350M: head_dim 64, rotary 32
         use_cache=False,
     )
+    conf._attn_implementation = _attn(cfg, CodeGenModel)
     # fork_rng: seeding must not disturb the caller's global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -78,10 +96,24 @@ def _load_model(cfg: EmbedderConfig, vocab_size: int, dtype: torch.dtype, seed: 
         return _tiny_codegen(cfg, vocab_size, seed).to(dtype), False
     from transformers import AutoModel, AutoModelForCausalLM
 
+    for auto, via_lm in ((AutoModel, False), (AutoModelForCausalLM, True)):
+        try:
+            return _from_pretrained(auto, cfg, dtype), via_lm
+        except ValueError:  # an architecture with no base-model class registered
+            if via_lm:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _from_pretrained(auto: Any, cfg: EmbedderConfig, dtype: torch.dtype):
     try:
-        return AutoModel.from_pretrained(cfg.model, dtype=dtype), False
-    except ValueError:  # an architecture with no base-model class registered
-        return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype), True
+        return auto.from_pretrained(
+            cfg.model, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
+    except (ValueError, ImportError) as e:  # this class has no such attention: eager
+        if "attn" not in str(e).lower() and "attention" not in str(e).lower():
+            raise
+        return auto.from_pretrained(cfg.model, dtype=dtype, attn_implementation="eager")
 
 
 def _digest(model: torch.nn.Module) -> str:
@@ -181,12 +213,13 @@ class Embedder:
         if not token_ids:
             return out
         rows = [list(r[: self.cfg.max_length]) or [self.eos_id] for r in token_ids]
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first
-        bs = self.cfg.batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
+        for idx in token_batches([len(r) for r in rows], self.token_budget):
             out[idx] = self._embed_batch([rows[i] for i in idx])
         return out
+
+    @property
+    def token_budget(self) -> int:
+        return self.cfg.batch_tokens or self.cfg.batch_size * self.cfg.max_length
 
     def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
         width = len(rows[0])  # rows arrive longest first
@@ -202,6 +235,25 @@ class Embedder:
         else:
             hidden = self.model(input_ids=ids, attention_mask=mask, use_cache=False)[0]
         return _pool(hidden.float(), mask, self.cfg.pooling).cpu().numpy()
+
+
+def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Row indices, longest first, cut so each batch's ``rows x padded width <= budget``.
+
+    A row longer than the budget still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]  # the first row is the widest
+        if cur and (len(cur) + 1) * width > budget:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

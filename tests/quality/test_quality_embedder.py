@@ -96,3 +96,33 @@ def test_classifier_roundtrip_and_mismatch(embedder, texts, tmp_path):
         QualityClassifier.load(str(tmp_path / "clf"), embedder=Embedder(_cfg(), seed=8))
     with pytest.raises(FileNotFoundError, match=r"meta\.json"):
         QualityClassifier.load(str(tmp_path / "nowhere"))
+
+
+def test_sdpa_attention_equals_transformers_eager_codegen_attention(texts):
+    """The SDPA path against transformers' own fp32-score CodeGen attention, with padding."""
+    sdpa = Embedder(_cfg(tiny_hidden=64, tiny_heads=8), seed=3)
+    eager = Embedder(_cfg(tiny_hidden=64, tiny_heads=8, attn_implementation="eager"), seed=3)
+    assert sdpa.model.config._attn_implementation == "sdpa"
+    assert eager.model.config._attn_implementation == "eager"
+    assert sdpa.identity() == eager.identity()  # the same vectors: classifiers stay valid
+    rows = sdpa.tokenize([*texts[:12], "x = 1", "", "def f():\n    return 2\n"])
+    a, b = sdpa.embed_tokens(rows), eager.embed_tokens(rows)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batches_by_token_budget():
+    from phi_ray.quality.embed import token_batches
+
+    lengths = [5, 64, 3, 64, 10, 1, 1, 1, 200, 7]
+    batches = token_batches(lengths, budget=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        width = max(lengths[i] for i in b)
+        assert len(b) == 1 or len(b) * width <= 64, b  # an oversize row rides alone
+    assert batches[0] == [8]  # longest first
+    assert any(len(b) >= 6 for b in batches)  # short rows share one batch
+    # batching changes nothing in the vectors
+    e = Embedder(_cfg(batch_tokens=16), seed=7)
+    rows = [[1, 2, 3], [4] * 40, [5, 6], [7] * 9, [8]]
+    one = np.stack([e.embed_tokens([r])[0] for r in rows])
+    np.testing.assert_allclose(e.embed_tokens(rows), one, rtol=1e-4, atol=1e-5)
