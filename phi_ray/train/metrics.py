@@ -9,8 +9,14 @@ ones the hardware executed (recomputation is not credited):
 ``N``: parameters that take part in matmuls (all but the input embedding lookup, which is
 a gather; phi's untied LM head is counted); ``6 = 2`` (forward multiply-add) ``+ 4``
 (backward, two matmuls). The second term is attention's score and value matmuls, forward
-and backward: ``L`` layers, ``H`` heads, ``Q`` head dim, ``T`` sequence length (causal
-masking is not discounted, as in PaLM and nanoGPT). Then
+and backward: ``L`` layers, ``H`` heads, ``Q`` head dim, ``T`` sequence length.
+
+Attention convention: the full ``T x T`` score matrix is counted, causal masking is *not*
+discounted (PaLM appendix B, nanoGPT, and what the paper-comparable "~50% MFU" figures
+use). FlashAttention's and torchtitan's causal convention counts half of it
+(``6 L H Q T``); at phi-1's sizes (T 2048, hidden 2048) the attention term is ~12% of
+the total, so the causal MFU is ~6% lower (3 points at 50%). ``flops_per_token(..., causal=True)`` gives it.
+Then
 
     MFU = flops_per_token * tokens_per_second / (peak_flops_per_device * n_devices)
 
@@ -36,6 +42,7 @@ from typing import Any
 GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
     ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),  # 1,671 with sparsity
     ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
     ("H800", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
     ("GH200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
@@ -43,6 +50,7 @@ GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
     ("A800", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
     ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
+    ("L40", {"bf16": 181.0, "fp16": 181.0, "fp32": 90.5}),  # before "L4", which it contains
     ("A10G", {"bf16": 70.0, "fp16": 70.0, "fp32": 31.2}),
     ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
     ("L4", {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}),
@@ -51,9 +59,12 @@ GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
-def flops_per_token(n_params: int, n_layer: int, n_head: int, head_dim: int, seq_len: int) -> float:
-    """Training FLOPs per token: ``6 N + 12 L H Q T`` (see the module docstring)."""
-    return 6.0 * n_params + 12.0 * n_layer * n_head * head_dim * seq_len
+def flops_per_token(
+    n_params: int, n_layer: int, n_head: int, head_dim: int, seq_len: int, causal: bool = False
+) -> float:
+    """Training FLOPs per token: ``6 N + 12 L H Q T`` (``6 L H Q T`` when ``causal``)."""
+    attn = (6.0 if causal else 12.0) * n_layer * n_head * head_dim * seq_len
+    return 6.0 * n_params + attn
 
 
 def model_flops_per_token(model: Any, seq_len: int) -> float:
@@ -85,12 +96,16 @@ def peak_flops(device: str, dtype_name: str) -> tuple[float, str]:
     if device.startswith("cuda"):
         import torch
 
-        name = torch.cuda.get_device_name(torch.device(device))
-        for key, peaks in GPU_PEAK_TFLOPS:
-            if key in name and peaks.get(dtype_name):
-                return peaks[dtype_name] * 1e12, f"table:{key}:{dtype_name}"
-        return 0.0, f"unknown GPU {name!r}"
+        return table_peak(torch.cuda.get_device_name(torch.device(device)), dtype_name)
     return cpu_matmul_flops(), "measured:cpu-fp32-matmul"
+
+
+def table_peak(name: str, dtype_name: str) -> tuple[float, str]:
+    """(dense peak FLOP/s, source) of a GPU by its device name; 0 when not in the table."""
+    for key, peaks in GPU_PEAK_TFLOPS:
+        if key in name and peaks.get(dtype_name):
+            return peaks[dtype_name] * 1e12, f"table:{key}:{dtype_name}"
+    return 0.0, f"unknown GPU {name!r}"
 
 
 def memory_stats(device: str) -> dict[str, float]:
