@@ -17,7 +17,6 @@ Requests (frames from the judge) and answers:
 from __future__ import annotations
 
 import io
-import os
 import sys
 import traceback
 
@@ -51,7 +50,7 @@ def _load(code: str, filename: str, module: bool) -> tuple[dict, dict | None]:
     sys.stdout = out
     try:
         exec(compile(code, filename, "exec"), ns)
-    except BaseException as e:  # noqa: BLE001 - any failure of the program is its result
+    except BaseException as e:
         return ns, {**wire.encode_exception(e), "line": _exc_line(e)}
     finally:
         sys.stdout = real
@@ -61,7 +60,7 @@ def _load(code: str, filename: str, module: bool) -> tuple[dict, dict | None]:
 def _exc_line(e: BaseException) -> str:
     try:
         return traceback.format_exception_only(type(e), e)[-1][:2000]
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         return f"{type(e).__name__}\n"
 
 
@@ -71,7 +70,7 @@ def _call(ns: dict, req: dict) -> dict:
         args = wire.decode(req["args"])
         kwargs = wire.decode(req["kwargs"])
         return {"ok": wire.encode(fn(*args, **kwargs))}
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         return {"err": wire.encode_exception(e)}
 
 
@@ -91,7 +90,7 @@ def _example(ns: dict, spaces: dict, req: dict) -> dict:
         else:
             value = _shown(eval(code, glob))
         err = None
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         err = {**wire.encode_exception(e), "line": _exc_line(e)}
     finally:
         sys.stdout, sys.displayhook = real, hook

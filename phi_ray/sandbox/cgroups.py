@@ -58,7 +58,9 @@ class SlotCgroups:
 
     def _v2(self, n: int, memory_b: int, max_procs: int, tag: str) -> bool:
         own = _own_path(None)
-        mnt = next((m for m in (ROOT, f"{ROOT}/unified") if os.path.exists(f"{m}/cgroup.procs")), None)
+        mnt = next(
+            (m for m in (ROOT, f"{ROOT}/unified") if os.path.exists(f"{m}/cgroup.procs")), None
+        )
         if own is None or mnt is None:
             return False
         parent = os.path.join(mnt + own, tag)

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -84,8 +83,12 @@ class Check:
 
     def payloads(self) -> tuple[dict, dict]:
         cand = {"code": self.prompt + self.completion, "filename": "<sample>", "module": False}
-        judge = {"kind": "check", "prompt": self.prompt, "test": self.test,
-                 "entry_point": self.entry_point}
+        judge = {
+            "kind": "check",
+            "prompt": self.prompt,
+            "test": self.test,
+            "entry_point": self.entry_point,
+        }
         return cand, judge
 
 
@@ -179,7 +182,7 @@ class _Server:
             for out, blob in ((fd, cand), (self.judge_w, judge)):
                 view = memoryview(blob)
                 while view:
-                    view = view[os.write(out, view):]
+                    view = view[os.write(out, view) :]
             ans = json.loads(_readline(self.proc.stdout.fileno(), wait_s))
             if not isinstance(ans, dict):
                 raise ValueError("answer is not an object")
@@ -274,9 +277,11 @@ class Sandbox:
         # candidate base + 2 * (256 * (pid mod 2^20) + slot), its judge the next uid.
         first = self.uid_base + 512 * (os.getpid() % (1 << 20))
         self.uids = [first + 2 * i for i in range(self.parallel)] if root else []
-        prefix = {"strong": ["unshare", "-n", "-p", "-f", "-m", "--kill-child", "--"],
-                  "userns": ["unshare", "-r", "-n", "-p", "-f", "-m", "--kill-child", "--"],
-                  "none": []}[self.mode]
+        prefix = {
+            "strong": ["unshare", "-n", "-p", "-f", "-m", "--kill-child", "--"],
+            "userns": ["unshare", "-r", "-n", "-p", "-f", "-m", "--kill-child", "--"],
+            "none": [],
+        }[self.mode]
         trees = view_trees(self.python)
         self._servers: list[_Server] = []
         self._slots: queue.Queue[_Server] = queue.Queue()
@@ -352,20 +357,23 @@ class Sandbox:
             header = {
                 "env": env,
                 "limits": {
-                    "cpu": lim.cpu_s, "mem": lim.memory_mb << 20, "fsize": lim.max_file_mb << 20,
-                    "nproc": lim.max_procs, "timeout": lim.timeout_s,
+                    "cpu": lim.cpu_s,
+                    "mem": lim.memory_mb << 20,
+                    "fsize": lim.max_file_mb << 20,
+                    "nproc": lim.max_procs,
+                    "timeout": lim.timeout_s,
                 },
             }
             ans = server.call(header, cand, judge, wait_s=lim.timeout_s + 30)
             return verdict(ans, job)
-        except Exception as e:  # noqa: BLE001 - the machinery failing is a failed sample
-            return _failed(job, f"failed: sandbox error ({type(e).__name__}: {e})"[:500],
-                           time.monotonic() - t0)
+        except Exception as e:
+            return _failed(
+                job, f"failed: sandbox error ({type(e).__name__}: {e})"[:500], time.monotonic() - t0
+            )
 
 
 def _failed(job: Job, why: str, dt: float, status: str = "error") -> ExecResult:
-    return ExecResult(False, why, dt, status=status if isinstance(job, Doctest) else "",
-                      detail=why)
+    return ExecResult(False, why, dt, status=status if isinstance(job, Doctest) else "", detail=why)
 
 
 def signal_name(num: int) -> str:
@@ -401,16 +409,28 @@ def verdict(ans: dict, job: Job) -> ExecResult:
     if ans.get("stop") == "memory":
         return _failed(job, f"failed: {_why_dead(ans)}", dt)
     v, st = ans.get("verdict"), ans.get("judge_status")
-    if not isinstance(v, dict) or not (isinstance(st, int) and os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0):
-        why = f"judge stopped ({signal_name(os.WTERMSIG(st))})" if isinstance(st, int) and os.WIFSIGNALED(st) else "no verdict from the judge"
+    if not isinstance(v, dict) or not (
+        isinstance(st, int) and os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+    ):
+        why = (
+            f"judge stopped ({signal_name(os.WTERMSIG(st))})"
+            if isinstance(st, int) and os.WIFSIGNALED(st)
+            else "no verdict from the judge"
+        )
         return _failed(job, f"failed: sandbox error ({why})", dt)
     if v.get("gone"):
         return _failed(job, f"failed: {_why_dead(ans, str(v.get('result', '')))}"[:500], dt)
     if isinstance(job, Doctest):
         status = str(v.get("status", "error"))
-        return ExecResult(status == "passed", status, dt, status=status,
-                          attempted=int(v.get("attempted", 0)), failed=int(v.get("failed", 0)),
-                          detail=str(v.get("detail", ""))[:500])
+        return ExecResult(
+            status == "passed",
+            status,
+            dt,
+            status=status,
+            attempted=int(v.get("attempted", 0)),
+            failed=int(v.get("failed", 0)),
+            detail=str(v.get("detail", ""))[:500],
+        )
     passed = v.get("passed") is True and v.get("result") == "passed"
     result = "passed" if passed else str(v.get("result", "failed"))[:500]
     return ExecResult(passed, result, dt)

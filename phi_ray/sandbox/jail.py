@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -48,8 +49,13 @@ def _ok(ret: int, what: str) -> int:
 
 def mount(src: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
     _ok(
-        libc().mount(src.encode(), target.encode(), fstype.encode() if fstype else None,
-                     ctypes.c_ulong(flags), data.encode() if data else None),
+        libc().mount(
+            src.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
         f"mount {target}",
     )
 
@@ -149,10 +155,8 @@ def reset_tmp(tmp_mb: int, only_dirty: bool = False) -> None:
     for d in TMP_DIRS:
         if only_dirty and not os.listdir(d):
             continue
-        try:
+        with contextlib.suppress(OSError):
             umount(d)
-        except OSError:
-            pass
         tmpfs(d, tmp_mb)
 
 

@@ -32,7 +32,7 @@ from phi_ray.sandbox import wire
 MAX_ANSWER = 16 << 20  # one answer from the candidate (a return value, an example's output)
 
 
-class CandidateGone(BaseException):  # noqa: N818 - not an Exception: tests cannot catch it
+class CandidateGone(BaseException):
     """The candidate closed its pipe, died, or broke the protocol."""
 
 
@@ -76,7 +76,7 @@ class _Remote:
 def _failed(e: BaseException) -> str:
     try:
         msg = f"failed: {type(e).__name__}: {e}"
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         msg = f"failed: {type(e).__name__}"
     return msg.replace("\n", " ")[:400]
 
@@ -109,7 +109,7 @@ def _check(chan: _Channel, job: dict, loaded: dict) -> dict:
         g["check"](proxy)
     except CandidateGone:
         raise
-    except BaseException as e:  # noqa: BLE001 - a failing test is the sample's result
+    except BaseException as e:
         return {"passed": False, "result": _failed(e)}
     if chan.broken:  # a test swallowed the candidate's death: still not a pass
         raise CandidateGone("the candidate stopped answering")
@@ -136,9 +136,9 @@ def _docstrings(code: str) -> list[tuple[str, str]]:
         if doc:
             out.append((name, doc))
         for child in getattr(node, "body", []):
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                if isinstance(node, ast.Module | ast.ClassDef):
-                    visit(child, f"{name}.{child.name}")
+            defines = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            if defines and isinstance(node, ast.Module | ast.ClassDef):
+                visit(child, f"{name}.{child.name}")
 
     visit(tree, "solution")
     return out
@@ -186,8 +186,12 @@ def _doctest(chan: _Channel, job: dict, loaded: dict) -> dict:
                 failed += 1
                 report.append(f"{name}: {ex.source.strip()[:200]} -> {got.strip()[:200]}")
     status = "failed" if failed else "passed"
-    return {"status": status, "attempted": attempted, "failed": failed,
-            "detail": "\n".join(report)[-500:]}
+    return {
+        "status": status,
+        "attempted": attempted,
+        "failed": failed,
+        "detail": "\n".join(report)[-500:],
+    }
 
 
 KINDS = {"check": _check, "doctest": _doctest, "script": _script}
@@ -203,5 +207,5 @@ def judge(rfd: int, wfd: int, job: dict) -> dict:
         return KINDS[job["kind"]](chan, job, loaded)
     except (CandidateGone, wire.WireError, OSError) as e:
         return {"passed": False, "gone": True, "result": f"failed: {str(e)[:300]}"}
-    except BaseException as e:  # noqa: BLE001 - the harness itself failed: not a pass
+    except BaseException as e:
         return {"passed": False, "harness": True, "result": "failed: harness error " + _failed(e)}

@@ -43,7 +43,9 @@ def _userns_works() -> bool:
     try:
         r = subprocess.run(
             ["unshare", "-r", "-n", "-p", "-f", "-m", "--", "true"],
-            capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            timeout=20,
+            env={"PATH": "/usr/bin:/bin"},
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -57,7 +59,9 @@ def _root_ns_works() -> bool:
     try:
         r = subprocess.run(
             ["unshare", "-n", "-p", "-f", "-m", "--", "true"],
-            capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            timeout=20,
+            env={"PATH": "/usr/bin:/bin"},
         )
     except (OSError, subprocess.TimeoutExpired):
         return False

@@ -19,6 +19,7 @@ The verdict the host gets is the judge's, sent on the judge's own pipe; the cand
 process's exit status and output are only used to explain a failure.
 """
 
+import contextlib
 import gc
 import json
 import os
@@ -31,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from phi_ray.sandbox import candidate, jail, judge, wire  # noqa: E402
+from phi_ray.sandbox import candidate, jail, judge, wire
 
 MAX_HEADER = 1 << 16
 MAX_VERDICT = 1 << 16
@@ -112,7 +113,7 @@ def _fork(fn, *args) -> int:
     if pid == 0:
         try:
             fn(*args)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             if os.environ.get("PHI_RAY_SANDBOX_DEBUG"):
                 import traceback
 
@@ -161,10 +162,8 @@ def _kill_all(cfg: dict, roots: set[int]) -> dict[int, int]:
     if cfg["pidns"]:
         # As init: one kill(-1) reaches every process in the namespace, and the kernel
         # aborts any fork racing with it, so blocking waits end.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while True:
             try:
                 pid, st = os.waitpid(-1, 0)
@@ -174,17 +173,13 @@ def _kill_all(cfg: dict, roots: set[int]) -> dict[int, int]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if cfg["pidns"]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)  # as init: everything else in the namespace
-            except ProcessLookupError:
-                pass
         else:
             for p in roots | _descendants(roots):
                 for kill in (os.killpg, os.kill):
-                    try:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
                         kill(p, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
         while True:
             try:
                 pid, st = os.waitpid(-1, os.WNOHANG)

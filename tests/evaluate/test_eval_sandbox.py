@@ -137,7 +137,9 @@ def test_samples_go_through_the_judge(tmp_path):
     from phi_ray.evaluate.execute import execute_samples
     from phi_ray.evaluate.problems import Problem
 
-    p = Problem("T/0", 'def f(x):\n    """Double."""\n', "def check(c):\n    assert c(2) == 4\n", "f")
+    p = Problem(
+        "T/0", 'def f(x):\n    """Double."""\n', "def check(c):\n    assert c(2) == 4\n", "f"
+    )
     samples = [
         {"task_id": "T/0", "completion": c}
         for c in (

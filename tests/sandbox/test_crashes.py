@@ -16,7 +16,10 @@ from tests.sandbox.conftest import RIGHT, job
 
 CRASHES = {
     "signal_40": ("    import os\n    os.kill(os.getpid(), 40)\n", "signal 40"),
-    "sigkill_self": ("    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n", "SIGKILL"),
+    "sigkill_self": (
+        "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+        "SIGKILL",
+    ),
     "sigsegv": ("    import ctypes\n    ctypes.string_at(0)\n", "SIGSEGV"),
     "close_all_fds": ("    import os\n    os.closerange(0, 4096)\n    return a + b\n", "failed"),
     "rm_tmp_and_cwd": (
@@ -29,10 +32,16 @@ CRASHES = {
         "                os.setsid()\n        except OSError:\n            time.sleep(0.01)\n",
         "",
     ),
-    "huge_stdout": ("    import os\n    for _ in range(2000):\n        os.write(1, b'y' * (1 << 20))\n        os.write(2, b'z' * (1 << 20))\n    return a - b\n", "failed"),
+    "huge_stdout": (
+        "    import os\n    for _ in range(2000):\n        os.write(1, b'y' * (1 << 20))\n        os.write(2, b'z' * (1 << 20))\n    return a - b\n",
+        "failed",
+    ),
     "huge_answer": ("    return 'x' * (40 << 20)\n", "failed"),
     "huge_exception": ("    raise ValueError('e' * (50 << 20))\n", "ValueError"),
-    "deep_answer": ("    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n", "failed"),
+    "deep_answer": (
+        "    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+        "failed",
+    ),
     "lone_surrogate": ("    return '\\udc80'\n", "failed"),
 }
 
@@ -52,14 +61,21 @@ def test_self_inflicted_crashes_are_failed_samples(sandbox):
 def test_any_signal_number_is_a_reason_not_an_exception(num):
     # signal.Signals(40) raises ValueError: the verdict must not.
     assert signal_name(num).startswith("SIG") or signal_name(num) == f"signal {num}"
-    r = verdict({"verdict": {"gone": True}, "judge_status": 0, "cand_status": num, "stop": ""}, job(RIGHT))
+    r = verdict(
+        {"verdict": {"gone": True}, "judge_status": 0, "cand_status": num, "stop": ""}, job(RIGHT)
+    )
     assert not r.passed and "killed by" in r.result
 
 
 def test_garbage_from_a_server_is_a_failed_sample():
-    for ans in ({}, {"verdict": "passed"}, {"verdict": {"passed": True}, "judge_status": 9},
-                {"verdict": {"passed": True, "result": "passed"}, "judge_status": None},
-                {"verdict": [1], "judge_status": 0}, {"stop": "memory"}):
+    for ans in (
+        {},
+        {"verdict": "passed"},
+        {"verdict": {"passed": True}, "judge_status": 9},
+        {"verdict": {"passed": True, "result": "passed"}, "judge_status": None},
+        {"verdict": [1], "judge_status": 0},
+        {"stop": "memory"},
+    ):
         assert not verdict(ans, job(RIGHT)).passed, ans
 
 

@@ -35,8 +35,13 @@ def test_config_rejects_bad_limits(key, value):
 def test_config_accepts_sane_limits_and_allow_weak():
     cfg = load_config(
         "tiny",
-        ["evaluate.timeout_s=2.5", "evaluate.memory_mb=512", "evaluate.allow_weak_sandbox=true",
-         "synth.exec_memory_mb=256", "synth.allow_weak_sandbox=true"],
+        [
+            "evaluate.timeout_s=2.5",
+            "evaluate.memory_mb=512",
+            "evaluate.allow_weak_sandbox=true",
+            "synth.exec_memory_mb=256",
+            "synth.allow_weak_sandbox=true",
+        ],
     )
     assert cfg.evaluate.allow_weak_sandbox and cfg.synth.allow_weak_sandbox
     assert cfg.evaluate.timeout_s == 2.5
@@ -44,8 +49,14 @@ def test_config_accepts_sane_limits_and_allow_weak():
 
 @pytest.mark.parametrize(
     "kw",
-    [{"timeout_s": float("inf")}, {"timeout_s": float("nan")}, {"memory_mb": 10**13},
-     {"memory_mb": 1.5}, {"max_procs": -1}, {"max_file_mb": True}],
+    [
+        {"timeout_s": float("inf")},
+        {"timeout_s": float("nan")},
+        {"memory_mb": 10**13},
+        {"memory_mb": 1.5},
+        {"max_procs": -1},
+        {"max_file_mb": True},
+    ],
 )
 def test_limits_reject_bad_values(kw):
     with pytest.raises(ValueError):

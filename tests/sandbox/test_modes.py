@@ -22,7 +22,9 @@ needs_strong = pytest.mark.skipif(MODE != "strong", reason="host gives no strong
 
 
 @needs_strong
-@pytest.mark.parametrize(("mode", "names"), [("userns", ["root"]), ("none", ["root", "user namespaces"])])
+@pytest.mark.parametrize(
+    ("mode", "names"), [("userns", ["root"]), ("none", ["root", "user namespaces"])]
+)
 def test_weak_modes_are_refused_naming_what_is_missing(mode, names, monkeypatch):
     if mode == "none" and landlock_abi() < 6:
         names = ["Landlock"]
@@ -50,8 +52,12 @@ def test_allowed_weak_modes_keep_verdicts_env_and_signals(mode, monkeypatch):
     me = os.getpid()
     probes = [
         Script("import os\nassert 'PHI_RAY_TEST_SECRET' not in str(os.environ)\n"),
-        Script(f"import os, signal\ntry:\n    os.kill({me}, signal.SIGUSR1)\nexcept OSError:\n    pass\n"),
-        Script(f"import os\ntry:\n    d = open('/proc/{me}/environ', 'rb').read()\nexcept OSError:\n    d = b''\nassert b'PHI_RAY_TEST_SECRET' not in d\n"),
+        Script(
+            f"import os, signal\ntry:\n    os.kill({me}, signal.SIGUSR1)\nexcept OSError:\n    pass\n"
+        ),
+        Script(
+            f"import os\ntry:\n    d = open('/proc/{me}/environ', 'rb').read()\nexcept OSError:\n    d = b''\nassert b'PHI_RAY_TEST_SECRET' not in d\n"
+        ),
     ]
     forged = ["os_exit_in_call", "fake_frames_on_every_fd", "always_equal_object", "frame_walk"]
     try:

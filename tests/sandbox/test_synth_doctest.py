@@ -39,9 +39,13 @@ def test_hostile_doctest_code(tmp_path, listener):
             f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
             "    return 5\n"
         ),
-        "stderr_flood": fn("    import os\n    for _ in range(400):\n        os.write(2, b'e' * (1 << 20))\n    return x\n"),
+        "stderr_flood": fn(
+            "    import os\n    for _ in range(400):\n        os.write(2, b'e' * (1 << 20))\n    return x\n"
+        ),
         "stdout_flood": fn("    print('5' * (300 << 20))\n"),
-        "fork_bomb": fn("    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"),
+        "fork_bomb": fn(
+            "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+        ),
         "proc_secrets": fn(
             "    import os\n    for p in os.listdir('/proc'):\n        try:\n"
             "            if b'PHI_RAY_TEST' in open(f'/proc/{p}/environ', 'rb').read():\n"
@@ -55,7 +59,11 @@ def test_hostile_doctest_code(tmp_path, listener):
         assert time.monotonic() - t0 < 30
     finally:
         del os.environ["PHI_RAY_TEST_SECRET"]
-    bad = {n: r for n, r in res.items() if r.status not in (sandbox.FAILED, sandbox.ERROR, sandbox.TIMEOUT)}
+    bad = {
+        n: r
+        for n, r in res.items()
+        if r.status not in (sandbox.FAILED, sandbox.ERROR, sandbox.TIMEOUT)
+    }
     assert not bad, bad
     assert not planted.exists()
     assert got == []

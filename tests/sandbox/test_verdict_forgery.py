@@ -35,7 +35,8 @@ FORGERIES = {
     "redefined_check": WRONG + "def check(candidate):\n    pass\n",
     "patched_builtins": WRONG
     + "import builtins\nbuiltins.AssertionError = type('X', (BaseException,), {})\n",
-    "settrace": WRONG + "import sys\nsys.settrace(lambda *a: None)\nsys.setprofile(lambda *a: None)\n",
+    "settrace": WRONG
+    + "import sys\nsys.settrace(lambda *a: None)\nsys.setprofile(lambda *a: None)\n",
     "patched_harness_wire": WRONG
     + "import sys\nfor m in list(sys.modules.values()):\n    if hasattr(m, 'encode') and hasattr(m, 'send') and hasattr(m, 'recv'):\n        m.encode = lambda x, depth=0: 5\n",
     "frame_walk": textwrap.indent(
