@@ -15,6 +15,7 @@ import pytest
 
 from phi_ray.sandbox import Limits, Sandbox, Script
 from tests.sandbox.conftest import LIMITS, MODE, RIGHT, job
+from tests.sandbox.test_modes import UNMOUNT
 
 STRONG = MODE == "strong"
 
@@ -44,6 +45,7 @@ def _probes(port: int, secret: str, evaluator: int, unix_path: str) -> dict[str,
         "abstract_socket_unreachable": "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('\\0phi-ray-test-abstract')\n    raise SystemExit('connected')\nexcept OSError:\n    pass\n",
         "cannot_signal_evaluator": f"import os, signal\ntry:\n    os.kill({evaluator}, signal.SIGUSR1)\nexcept OSError:\n    pass\n",
         "root_is_read_only": "import os\nfor p in ('/x', '/usr/x', '/proc/x'):\n    try:\n        open(p, 'w')\n        raise SystemExit('wrote ' + p)\n    except OSError:\n        pass\n",
+        "cannot_unmount": UNMOUNT,
         "not_root": "import os\nassert os.getuid() != 0 and os.geteuid() != 0\n"
         if STRONG
         else "pass\n",
