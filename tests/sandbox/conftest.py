@@ -57,12 +57,8 @@ def listener():
 
 
 @pytest.fixture
-def secret_file(tmp_path_factory):
+def secret_file():
     """A world-readable file in a world-readable directory outside the interpreter."""
-    d = tmp_path_factory.mktemp("host")
-    for p in (d, *d.parents):
-        if str(p) in ("/", "/root"):
-            continue
     path = "/var/tmp/phi-ray-secret-" + os.urandom(4).hex()
     with open(path, "w") as f:
         f.write("TOP-SECRET")
