@@ -20,6 +20,7 @@ serialises writers; ``BEGIN IMMEDIATE`` makes a claim atomic across processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -154,8 +155,30 @@ class ResponseCache:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints (WAL -> database, with an fsync) run in a helper thread, not inside a
+        # commit on the event loop's thread, where an fsync on a busy disk stalls every call.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         with self._tx():
             migrate(self._db)
+        self._closing = threading.Event()
+        self._ckpt = threading.Thread(
+            target=self._checkpoints, name="phi-ray-llm-ckpt", daemon=True
+        )
+        self._ckpt.start()
+
+    def _checkpoints(self) -> None:
+        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        try:
+            while not self._closing.wait(1.0):
+                # PASSIVE: copies what no reader needs, never blocks writers
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass  # the file went away (test cleanup); the next open checkpoints
+        finally:
+            db.close()
+
+    def __bool__(self) -> bool:  # never the row count (``__len__`` scans the table)
+        return True
 
     def _tx(self):
         return _Tx(self._lock, self._db)
@@ -192,8 +215,8 @@ class ResponseCache:
 
     def settle(self, key: str, ans: CachedAnswer) -> None:
         """Replace a raw row by what parsing made of it (the raw body stays if malformed)."""
-        with self._tx() as db:
-            db.execute(
+        with self._lock:  # one statement: its own transaction
+            self._db.execute(
                 "UPDATE responses SET texts = ?, model = ?, prompt_tokens = ?, "
                 "completion_tokens = ?, cost_usd = ?, status = ?, error = ?, "
                 "raw = CASE WHEN ? = 'ok' THEN NULL ELSE raw END WHERE key = ?",
@@ -304,7 +327,11 @@ class ResponseCache:
         return self.totals()[2]
 
     def close(self) -> None:
+        self._closing.set()
+        self._ckpt.join(timeout=30)
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._db.close()
 
 

@@ -77,7 +77,7 @@ class LLMClient:
         self.cache = ResponseCache(cache_dir) if cache_dir is not None else None
         if self.sync is not None and self.cache is not None:
             self.sync.start(self.cache)
-        key = self.cache.path if self.cache else "nocache"
+        key = self.cache.path if self.cache is not None else "nocache"
         self.scope = scope or hashlib.sha256(key.encode()).hexdigest()[:16]
         self._attach = attach
         self.limiter = make_limiter(self.scope, owner=not attach, use_ray=use_ray)
@@ -154,7 +154,7 @@ class LLMClient:
                 self._recover()
                 ratio = self.cache.out_ratio()
             # The budget counts what this cache has paid for in earlier runs too.
-            spent = self.cache.totals()[:2] if self.cache else (0, 0.0)
+            spent = self.cache.totals()[:2] if self.cache is not None else (0, 0.0)
             ttl = self.cfg.timeout_s * 1.5 + 30.0
             await self.limiter.configure(
                 self.cfg.max_concurrency,
@@ -349,7 +349,7 @@ class LLMClient:
         key = req.cache_key(model, params, self._t.endpoint)
         poll = 0.02
         while True:
-            hit = self.cache.get(key) if self.cache else None
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 return hit
             waiting = self._inflight.get(key)
