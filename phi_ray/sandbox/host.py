@@ -278,8 +278,8 @@ class Sandbox:
         first = self.uid_base + 512 * (os.getpid() % (1 << 20))
         self.uids = [first + 2 * i for i in range(self.parallel)] if root else []
         prefix = {
-            "strong": ["unshare", "-n", "-p", "-f", "-m", "--kill-child", "--"],
-            "userns": ["unshare", "-r", "-n", "-p", "-f", "-m", "--kill-child", "--"],
+            "strong": ["unshare", "-n", "-p", "-f", "-m", "-i", "-u", "--kill-child", "--"],
+            "userns": ["unshare", "-r", "-n", "-p", "-f", "-m", "-i", "-u", "--kill-child", "--"],
             "none": [],
         }[self.mode]
         trees = view_trees(self.python)

@@ -24,7 +24,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 4, 38, 36
-CLONE_NEWUSER = 0x10000000
+CLONE_NEWUSER, CLONE_NEWIPC = 0x10000000, 0x08000000
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SYS_LANDLOCK = (444, 445, 446)  # create_ruleset, add_rule, restrict_self (all arches)
 TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -174,6 +174,12 @@ def drop_privileges(uid: int | None, nested_userns: bool) -> None:
     elif nested_userns:
         _ok(libc().unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def new_ipc_namespace() -> None:
+    """System V IPC objects and POSIX message queues of our own: they die with the sample
+    instead of outliving it (state and memory a later sample or the host could see)."""
+    _ok(libc().unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
 
 
 def set_limits(cpu_s: int, mem_b: int, fsize_b: int, nproc: int | None, nofile: int) -> None:

@@ -82,6 +82,8 @@ def _candidate(cfg: dict, hdr: dict, r: int, w: int, sync: int, work: str) -> No
     os.chdir(work)
     os.environ.clear()
     os.environ.update(hdr["env"], HOME=work, TMPDIR=work)
+    if cfg["pidns"]:
+        jail.new_ipc_namespace()
     nproc = lim["nproc"] if cfg["cand_uid"] is not None else None
     jail.set_limits(lim["cpu"], lim["mem"], lim["fsize"], nproc, 256)
     jail.drop_privileges(cfg["cand_uid"], cfg["nested_userns"])
