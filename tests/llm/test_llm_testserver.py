@@ -71,3 +71,31 @@ def test_api_key_is_enforced_when_set_and_unknown_routes_404():
         assert (
             h.post(f"{srv.base_url}/nope", json={}, headers=ok.request.headers).status_code == 404
         )
+
+
+def test_aimed_faults_billed_defects_and_max_tokens():
+    def responder(kind, body):
+        return "y" * 80  # 20 tokens
+
+    with OpenAITestServer(responder, honor_max_tokens=True) as srv, httpx.Client() as h:
+        url = f"{srv.base_url}/chat/completions"
+
+        def ask(prompt: str, **kw) -> httpx.Response:
+            msgs = [{"role": "user", "content": prompt}]
+            return h.post(url, json={"model": "m", "messages": msgs, **kw})
+
+        for kind in ("badjson", "nochoices", "nousage", "partial_usage", "403"):
+            srv.fault_on(f"<{kind}>", kind)
+        with pytest.raises(ValueError):
+            ask("<badjson>").json()
+        assert ask("<nochoices>").json()["choices"] == []
+        assert "usage" not in ask("<nousage>").json()
+        assert ask("<partial_usage>").json()["usage"] == {"prompt_tokens": 4}
+        assert ask("<403>").status_code == 403
+        assert ask("plain", max_tokens=5).json()["choices"][0]["message"]["content"] == "y" * 20
+        # every defective 200 was billed, per prompt; the 403 was not
+        assert srv.paid_by_prompt == {
+            "<badjson>": 1, "<nochoices>": 1, "<nousage>": 1, "<partial_usage>": 1, "plain": 1
+        }  # fmt: skip
+        srv.honor_max_tokens = False
+        assert len(ask("plain", max_tokens=5).json()["choices"][0]["message"]["content"]) == 80
