@@ -121,6 +121,8 @@ class _StopMatcher:
     def feed(self, text: str) -> int | None:
         """Consume ``text``; at the first character that completes a stop, return where
         that stop starts, relative to ``text`` (negative: it began in earlier text)."""
+        if not self.stops:
+            return None
         for j, ch in enumerate(text):
             starts = []
             for k, s in enumerate(self.stops):
