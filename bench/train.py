@@ -1,6 +1,7 @@
-"""Training throughput: the Ray Train loop against a plain PyTorch loop, and MFU.
+"""Training throughput: the new step against the old one, Ray Train against a plain loop, MFU.
 
-    python bench/train.py                    # CPU, tiny model, ~1-2 min
+    python bench/train.py --step             # the step comparison only (CPU, ~5-10 min)
+    python bench/train.py                    # CPU, tiny model, ~1-2 min, then the above
     python bench/train.py --steps 30 --hidden 256 --layers 4
     python bench/train.py --gpu              # on a GPU node: MFU of phi1-small and phi1
 
@@ -11,6 +12,16 @@ In one run, with the same model, batch, data and thread count:
    ``metrics.jsonl`` (per-step time measured inside the worker, as the plain loop's);
 3. ratio (2)/(1) (target >= 0.95) and the CPU's MFU against its measured fp32 matmul FLOP/s
    (formula in ``phi_ray/train/metrics.py``).
+
+The step comparison (``step_bench``), in one process on a phi1-shaped model cut to 2 layers
+at sequence 2048 (hidden 2048, MLP 8192, 32 heads, vocab 51,200; micro-batch 1, dropout 0
+so that both see the same function): the step as it was (transformers' ``gelu_new``, full
+logits and ``F.cross_entropy`` on their fp32 copy) against the new one (``gelu_pytorch_tanh``
+and the chunked linear cross-entropy of phi_ray/model/loss.py, compile as configured):
+tokens/s (target >= 1.3x), memory kept for backward and peak activation memory (target
+<= 0.6x; CPU: counted by phi_ray/plan/measure.py, CUDA: max_memory_allocated), and both
+losses, which must agree. Runs alternate (old, new, old, new, ...) so that load drifts on a
+shared machine hit both alike; medians are reported.
 
 With ``--gpu`` it also measures the plain loop's MFU for phi1-small and phi1 (as many layers
 as fit) at bf16 with flash-attn where installed, against the GPU's table peak (target 50%).
@@ -174,6 +185,119 @@ def gpu_bench(args) -> None:
             break
 
 
+def _step_models(seq: int, layers: int, device: str):
+    """(old model, new model) with identical weights, phi1-shaped."""
+    from phi_ray.config import ModelConfig
+    from phi_ray.model.phi import build_model, build_train_model
+
+    shape = dict(
+        n_layer=layers, max_position_embeddings=seq, attention_dropout=0.0, resid_dropout=0.0
+    )
+    old = build_model(ModelConfig(**shape, activation="gelu_new"), device, seed=0)
+    new = build_train_model(ModelConfig(**shape), device, seed=0)
+    new.load_state_dict(old.state_dict())
+    return old.to(device).train(), new.to(device).train()
+
+
+def _old_loss(model, w):
+    logits = model(input_ids=w[:, :-1]).logits  # (B, T, V), as the old _loss
+    return F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten())
+
+
+def _new_loss(model, w):
+    return model(input_ids=w[:, :-1], labels=w[:, 1:])
+
+
+def _one_step(model, optim, loss_fn, w, device, dtype):
+    """One timed optimizer step; returns (seconds, loss, memory dict)."""
+    from phi_ray.plan.measure import LiveBytes
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    ctx = LiveBytes() if not cuda else None
+    with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+        if ctx:
+            with ctx:
+                loss = loss_fn(model, w)
+                saved = ctx.live
+                loss.backward()
+        else:
+            loss = loss_fn(model, w)
+            saved = torch.cuda.memory_allocated() - base
+            loss.backward()
+    peak = ctx.peak if ctx else torch.cuda.max_memory_allocated() - base
+    optim.step()
+    optim.zero_grad(set_to_none=False)  # the buffers stay: what a step allocates is activations
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return dt, float(loss), {"saved": saved, "peak": peak}
+
+
+def step_bench(args) -> dict:
+    """New step vs old on a phi1-shaped 2-layer model; prints and returns the ratios."""
+    from phi_ray.model.phi import prepare_layers
+
+    device = "cuda" if args.gpu and torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.set_num_threads(args.threads)
+    old, new = _step_models(args.step_seq, args.step_layers, device)
+    prepare_layers(new, "none", compile=args.compile or device == "cuda")
+    for p in (*old.parameters(), *new.parameters()):  # gradient buffers exist before the
+        p.grad = torch.zeros_like(p)  # measured steps, as in accumulation: not counted
+    # SGD: the optimizer is not what is compared, and AdamW's state would double the memory
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3) for k, m in (("old", old), ("new", new))}
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(0, 50295, (args.step_micro, args.step_seq + 1), generator=g).to(device)
+    res: dict[str, list] = {"old": [], "new": []}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    for i in range(args.step_reps + 1):  # the first round warms up (and compiles)
+        for name, model, fn in (("old", old, _old_loss), ("new", new, _new_loss)):
+            out = _one_step(model, opts[name], fn, w, device, dtype)
+            if i:
+                res[name].append(out)
+            print(f"  {name} step {i}: {out[0]:.2f} s, loss {out[1]:.5f}", flush=True)
+    med = {k: statistics.median(r[0] for r in v) for k, v in res.items()}
+    tokens = args.step_micro * args.step_seq
+    # each model takes its own optimizer steps, from the same weights on the same batch, so
+    # the losses must agree step for step within float rounding
+    mem = {k: res[k][-1][2] for k in res}
+    print(
+        f"step: phi1-shaped, {args.step_layers} layers, seq {args.step_seq}, micro-batch "
+        f"{args.step_micro}, {device}, {args.threads} threads, load {load:.1f} at start "
+        f"(now {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"old (gelu_new, full fp32 logits): {tokens / med['old']:9.0f} tokens/s  "
+        f"median {med['old']:.2f} s"
+    )
+    print(
+        f"new (fused step)                : {tokens / med['new']:9.0f} tokens/s  "
+        f"median {med['new']:.2f} s"
+    )
+    print(f"tokens/s ratio new/old: {med['old'] / med['new']:.2f}x  (target >= 1.3x)")
+    for key, what in (
+        ("saved", "kept for backward (after forward)"),
+        ("peak", "peak activation memory (fwd+bwd)"),
+    ):
+        a, b = mem["old"][key], mem["new"][key]
+        print(
+            f"{what:38}: old {a / 2**30:6.2f} GiB, new {b / 2**30:6.2f} GiB, "
+            f"ratio {b / a:.2f}  (target <= 0.6)"
+        )
+    losses = [(o[1], n[1]) for o, n in zip(res["old"], res["new"], strict=True)]
+    worst = max(abs(o - n) / abs(o) for o, n in losses)
+    print(
+        f"losses old/new per step: {', '.join(f'{o:.5f}/{n:.5f}' for o, n in losses)} "
+        f"(max rel diff {worst:.1e})"
+    )
+    return {"speedup": med["old"] / med["new"], "mem": mem, "loss_rel_diff": worst}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=12)
@@ -185,8 +309,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
     p.add_argument("--gpu", action="store_true", help="also measure GPU MFU (needs CUDA)")
     p.add_argument("--gpu-micro", type=int, default=4)
+    p.add_argument("--step", action="store_true", help="only the new-vs-old step comparison")
+    p.add_argument("--step-layers", type=int, default=2)
+    p.add_argument("--step-seq", type=int, default=2048)
+    p.add_argument("--step-micro", type=int, default=1)
+    p.add_argument("--step-reps", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="compile the new step on CPU too")
     args = p.parse_args()
+    if args.step:
+        step_bench(args)
+        return
     cpu_bench(args)
+    step_bench(args)
     if args.gpu or torch.cuda.is_available():
         gpu_bench(args)
 

@@ -42,9 +42,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         count = valid.sum().clamp(min=1).to(acc)
         loss = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.empty(h.shape, dtype=acc, device=h.device) if need_grad else None
-        grad_w = (
-            torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
-        )
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
         grad_b = (
             torch.zeros(weight.shape[0], dtype=acc, device=h.device)
             if need_grad and bias is not None
@@ -65,8 +63,12 @@ class _ChunkedLinearCE(torch.autograd.Function):
             g = logits.sub_(lse[:, None]).exp_()
             g[torch.arange(len(yc), device=h.device), yc_safe] -= 1.0
             g = g.mul_(vc[:, None]).to(h.dtype)  # (c, V)
-            grad_h[s : s + chunk] = g @ w
-            grad_w += g.t() @ hc
+            if g.dtype == acc:  # fp32 compute: straight into the buffers, no V x H temporary
+                torch.mm(g, w, out=grad_h[s : s + chunk])
+                grad_w.addmm_(g.t(), hc)
+            else:
+                grad_h[s : s + chunk] = g @ w
+                grad_w += g.t() @ hc
             if grad_b is not None:
                 grad_b += g.to(acc).sum(0)
         if need_grad:
@@ -82,12 +84,20 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         h_dt, w_dt, b_dt = ctx.dtypes
-        gh = (grad_h * grad_out).to(h_dt) if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_out).to(w_dt) if ctx.needs_input_grad[1] else None
+        # in place when the dtype already matches: the head's gradient is V x H fp32 and
+        # would otherwise exist twice at the end of the step
+        gh = _scaled(grad_h, grad_out, h_dt) if ctx.needs_input_grad[0] else None
+        gw = _scaled(grad_w, grad_out, w_dt) if ctx.needs_input_grad[1] else None
         gb = (
-            (grad_b * grad_out).to(b_dt) if grad_b is not None and ctx.needs_input_grad[2] else None
+            _scaled(grad_b, grad_out, b_dt)
+            if grad_b is not None and ctx.needs_input_grad[2]
+            else None
         )
         return gh, gw, gb, None, None, None, None
+
+
+def _scaled(g: torch.Tensor, by: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return g.mul_(by) if g.dtype == dtype else (g * by).to(dtype)
 
 
 def _liger():

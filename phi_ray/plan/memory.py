@@ -132,7 +132,12 @@ def plan_memory(
     # output is the first layer's input, already in per_layer
     acts = n_tok * (L * per_layer + 4 * h + 8 + 4 * h)
     chunk = chunk_tokens(n_tok, v)
-    loss_transient = chunk * v * (4 + (2 * act_bytes if act_bytes < 4 else 0)) + v * h * act_bytes
+    # one chunk of logits (+ its compute-dtype copies) and, under autocast, the head's
+    # gradient product before it is added to the fp32 buffer
+    half = act_bytes < 4
+    loss_transient = chunk * v * (4 + (2 * act_bytes if half else 0)) + (
+        v * h * act_bytes if half else 0
+    )
     t = {
         "parameters": 4.0 * n_params / shard,
         "gradients": 4.0 * n_params / shard,
