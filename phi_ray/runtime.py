@@ -19,6 +19,7 @@ def init_ray(cfg: Any | None = None, **kwargs: Any) -> None:
     """
     import ray
 
+    quiet_data_progress()
     if ray.is_initialized():
         return
     address = (cfg.run.ray_address if cfg is not None else None) or os.environ.get("RAY_ADDRESS")
@@ -34,6 +35,43 @@ def init_ray(cfg: Any | None = None, **kwargs: Any) -> None:
         logging_level=logging.WARNING,
         **kwargs,
     )
+
+
+class _DataProgressLines(logging.Filter):
+    """Ray Data's progress without a terminal as one line per operator per report.
+
+    With no TTY (``ray job submit``, a RayJob, a pipe), Ray Data logs a block every 10 s
+    (``RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL``): a banner, the total, the cluster's
+    resources, a blank line, then two lines per operator and a closing rule. This keeps
+    each operator's ``name: done/total`` line, prefixed with its dataset, and drops the
+    rest. Records it does not recognise pass unchanged, so a Ray that words its report
+    differently is only louder, never silent.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataset = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.funcName == "refresh":  # banner, blank line, closing rule
+            if "Running Dataset:" in msg:
+                self.dataset = msg.split("Running Dataset:", 1)[1].strip(" =")
+            return False
+        if record.funcName == "_log_global_progress":  # total and resources
+            return False
+        if record.funcName == "_log_op_or_sub_progress":
+            if msg.startswith("  ") and not msg.startswith("    - "):
+                return False  # the operator's task/queue/resource summary
+            record.msg, record.args = f"[{self.dataset}] {msg.strip()}", ()
+        return True
+
+
+def quiet_data_progress() -> None:
+    """Install :class:`_DataProgressLines` on Ray Data's progress logger (idempotent)."""
+    logger = logging.getLogger("ray.data._internal.progress.logging_progress")
+    if not any(isinstance(f, _DataProgressLines) for f in logger.filters):
+        logger.addFilter(_DataProgressLines())
 
 
 def cuda_available() -> bool:

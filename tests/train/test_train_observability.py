@@ -1,11 +1,14 @@
 """Rank 0's training record: metrics.jsonl, TensorBoard event files that TensorBoard itself
-reads back, resume without duplicate steps, and one console line every ``log_every`` steps."""
+reads back, resume without duplicate steps, one console line every ``log_every`` steps; and
+Ray Data's progress without a terminal as one line per operator."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import time
 
 import pytest
 
@@ -102,3 +105,45 @@ def test_progress_line_eta_spans_days():
     line = progress_line("finetune", _rec(5), 36_000, eta_s=2 * 86400 + 3661)
     assert "[finetune] step 5/36000" in line and line.endswith("ETA 2d 01:01:01")
     assert progress_line("pretrain", _rec(1), 2, math.inf).endswith("ETA ?")
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "ray.data._internal.progress.logging_progress":
+            self.lines.append(f"{record.funcName}|{record.getMessage()}")
+
+
+def test_ray_data_progress_without_a_tty_is_one_line_per_operator(ray_session, monkeypatch):
+    """Real Ray Data progress reports (stdout is not a TTY under pytest), after init_ray."""
+    import ray
+    from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+
+    from phi_ray.runtime import init_ray
+
+    monkeypatch.setattr(LoggingExecutionProgressManager, "LOG_REPORT_INTERVAL_SEC", 1)
+    init_ray()  # Ray is already up: only the progress filter is installed
+
+    def slow(batch):  # defined here: Ray pickles it by value, not as this test module's
+        time.sleep(0.2)
+        return batch
+
+    keep = _Keep()
+    data_log = logging.getLogger("ray.data")
+    data_log.addHandler(keep)
+    try:
+        ds = ray.data.range(64, override_num_blocks=8).map_batches(slow, batch_size=8)
+        assert ds.map(lambda r: {"y": r["id"] + 1}).count() == 64
+    finally:
+        data_log.removeHandler(keep)
+    progress = keep.lines
+    assert progress  # reports were made (1 s interval, several seconds of work)
+    for line in progress:
+        assert re.fullmatch(r"_log_op_or_sub_progress\|\[dataset_\w+\] \S.*: \d+/(\d+|\?)", line), (
+            line
+        )
+    ops = {line.split("] ", 1)[1].rsplit(":", 1)[0] for line in progress}
+    assert 2 <= len(ops) <= 3, ops  # ReadRange, MapBatches(...)->Map(...), the count

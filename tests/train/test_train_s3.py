@@ -165,6 +165,7 @@ CHAIN = [
 
 def _download(uri: str, dest) -> str:
     fs, path = pafs.FileSystem.from_uri(uri)
+    os.makedirs(dest)
     pafs.copy_files(path, str(dest), fs, pafs.LocalFileSystem())
     return str(dest)
 
