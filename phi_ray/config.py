@@ -528,7 +528,7 @@ def _check_sandbox_limits(
 ) -> None:
     """Sandbox limits must fit setrlimit: ``.inf`` or 10**13 would fail every sample
     silently (pass@k 0) instead of failing here."""
-    from phi_ray.sandbox.host import check_limits
+    from phi_ray.sandbox.jobs import check_limits
 
     try:
         check_limits(timeout_s, memory_mb, max_procs, max_file_mb)
@@ -641,7 +641,8 @@ class Config:
         )
         if self.llm.budget_usd is not None and self.llm.base_url:
             # An unpriced model's calls would cost $0 against the budget: refuse at load.
-            for model in {self.annotate.model or self.llm.model, self.synth.model or self.llm.model}:
+            used = {self.annotate.model, self.synth.model, self.evaluate.grading_model}
+            for model in {m or self.llm.model for m in used}:
                 _check(
                     any(model.startswith(k) for k in self.llm.prices),
                     "llm.prices",
