@@ -8,19 +8,18 @@ forked by a per-slot server (:mod:`~phi_ray.sandbox.server`): the **candidate**
 holds the tests, sends the candidate arguments, compares the plain data it gets back
 (:mod:`~phi_ray.sandbox.wire`), and writes the verdict on a pipe the candidate never
 had. Isolation per mode is in :mod:`~phi_ray.sandbox.modes`; the kernel plumbing in
-:mod:`~phi_ray.sandbox.jail` and :mod:`~phi_ray.sandbox.cgroups`; the pool and the
-verdicts in :mod:`~phi_ray.sandbox.host`. The README's Security section says what each
+:mod:`~phi_ray.sandbox.jail` and :mod:`~phi_ray.sandbox.cgroups`; the pool in
+:mod:`~phi_ray.sandbox.host`; jobs, limits and verdicts in :mod:`~phi_ray.sandbox.jobs`. The README's Security section says what each
 mode guarantees.
 """
 
-from phi_ray.sandbox.host import (
+from phi_ray.sandbox.host import Sandbox, SandboxError
+from phi_ray.sandbox.jobs import (
     Check,
     Doctest,
     ExecResult,
     Job,
     Limits,
-    Sandbox,
-    SandboxError,
     Script,
     check_limits,
     signal_name,

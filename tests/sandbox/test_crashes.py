@@ -11,7 +11,7 @@ import time
 import pytest
 
 from phi_ray.sandbox import Limits, Sandbox, Script, signal_name
-from phi_ray.sandbox.host import verdict
+from phi_ray.sandbox.jobs import verdict
 from tests.sandbox.conftest import RIGHT, job
 
 CRASHES = {
