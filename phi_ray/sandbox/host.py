@@ -1,8 +1,9 @@
-"""The host side: a pool of fork servers, one per worker slot, and the verdicts.
+"""The host side: a pool of fork servers, one per worker slot.
 
 A :class:`Sandbox` starts its servers lazily (``unshare`` + ``python -I -S server.py``,
 from an allow-listed environment: no API keys, no Ray tokens), sends each job on a free
-slot, and turns the server's bounded answer into an :class:`ExecResult`. Every failure
+slot, and turns the server's bounded answer into an :class:`ExecResult`
+(:func:`~phi_ray.sandbox.jobs.verdict`). Every failure
 of the machinery -- a server that dies, hangs, or answers garbage, an unknown signal, a
 vanished temp dir -- is a failed sample with a reason, never an exception out of
 :meth:`Sandbox.run`; the slot's server is restarted for the next job.

@@ -1,16 +1,17 @@
 """The fork server: one per worker slot, started as ``python -I -S server.py CONFIG``.
 
 Started by the host (:mod:`phi_ray.sandbox.host`) from an allow-listed environment,
-inside new network, PID and mount namespaces where the host has them. It builds the
+inside new network, PID, mount, IPC and UTS namespaces where the host has them. It builds the
 filesystem view (:func:`jail.build_view`), then serves jobs read from stdin, forever:
 
 1. a header frame (limits, sizes) -- the job's code is never read by the server itself;
 2. fork the **candidate**: it reads its own payload (the program) from stdin, joins the
    slot's cgroup, drops to the slot's uid (or a user namespace of its own), sets its
    rlimits and runs :func:`candidate.serve` with nothing open but its two request pipes;
-3. fork the **judge**: it reads its own payload (the tests) from stdin, becomes
-   non-dumpable and another uid, and runs :func:`judge.judge`, which writes the verdict
-   on a pipe only the judge and the server hold;
+3. fork the **judge** at the same time: it reads its own payload (the tests) from a
+   pipe of its own that the server never reads (so no candidate forked from the server
+   can find a test in its memory), becomes non-dumpable and another uid, and runs
+   :func:`judge.judge`, which writes the verdict on a pipe only it and the server hold;
 4. wait for that verdict, the judge's exit or the wall clock; kill everything left in
    the namespace (as its init); give every sample fresh tmpfs ``/tmp``, ``/var/tmp``,
    ``/dev/shm``; answer the host with one bounded JSON line.
