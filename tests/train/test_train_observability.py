@@ -147,3 +147,17 @@ def test_ray_data_progress_without_a_tty_is_one_line_per_operator(ray_session, m
         )
     ops = {line.split("] ", 1)[1].rsplit(":", 1)[0] for line in progress}
     assert 2 <= len(ops) <= 3, ops  # ReadRange, MapBatches(...)->Map(...), the count
+
+
+def test_a_wandb_project_without_the_package_is_said_once_and_training_logs_on(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    spec = {**_spec(tmp_path, lines=False), "wandb": {"project": "phi-ray-test"}}
+    log = TrainLogger(spec, start=0, max_steps=3, log_every=1)
+    for s in range(1, 4):
+        log.write(_rec(s))
+    log.close()
+    assert capsys.readouterr().out == "W&B project 'phi-ray-test' set, but wandb is not installed\n"
+    assert len((tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()) == 3
