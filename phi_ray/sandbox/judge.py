@@ -25,6 +25,7 @@ Job kinds:
 from __future__ import annotations
 
 import ast
+import builtins
 import doctest
 
 from phi_ray.sandbox import wire
@@ -97,6 +98,20 @@ def _prompt_code(prompt: str) -> object:
     return compile("", "<prompt>", "exec")
 
 
+def _free_names(test: str, g: dict) -> set[str]:
+    """Names the test reads that neither the problem nor the builtins define."""
+    tree = ast.parse(test)
+    bound = {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)
+    }
+    bound |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+    bound |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    loads = {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    return loads - bound - set(g) - set(dir(builtins))
+
+
 def _check(chan: _Channel, job: dict, loaded: dict) -> dict:
     if not loaded.get("loaded"):
         return {"passed": False, "result": _load_error(loaded)}
@@ -105,6 +120,8 @@ def _check(chan: _Channel, job: dict, loaded: dict) -> dict:
     exec(compile(job["test"], "<test>", "exec"), g)
     proxy = _Remote(chan, job["entry_point"])
     g[job["entry_point"]] = proxy
+    for name in _free_names(job["test"], g):  # other functions of the completion (MBPP)
+        g[name] = _Remote(chan, name)
     try:
         g["check"](proxy)
     except CandidateGone:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from tests.sandbox.conftest import RIGHT, WRONG, job
+from tests.sandbox.conftest import PROMPT, RIGHT, WRONG, job
 
 FORGERIES = {
     "os_exit_at_load": WRONG + "import os\nos._exit(0)\n",
@@ -97,3 +97,14 @@ def test_forgeries_all_fail_and_the_right_answer_passes(sandbox):
     assert not forged, forged
     for n, r in zip(names, res[1:-1], strict=True):
         assert r.result.startswith("failed") or r.result == "timed out", (n, r)
+
+
+def test_test_may_call_other_functions_of_the_completion(sandbox):
+    # MBPP-style: the test calls a helper the completion defines, by name.
+    from phi_ray.sandbox import Check
+
+    test = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert helper(4) == 8\n"
+    ok = "    return a + b\ndef helper(x):\n    return 2 * x\n"
+    bad = "    return a + b\ndef helper(x):\n    return x\n"
+    res = sandbox.run([Check(PROMPT, c, test, "add") for c in (ok, bad, RIGHT)])
+    assert [r.passed for r in res] == [True, False, False], res
