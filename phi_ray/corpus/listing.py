@@ -148,12 +148,18 @@ def walk_shard(shard: dict[str, Any], suffixes: tuple[str, ...], skip_tests: boo
         return list(shard["names"])
     if "://" in shard["dir"]:
         return _walk_uri(shard["dir"], suffixes, skip_tests)
-    out = []
-    for d, dirs, names in os.walk(shard["dir"]):
-        if skip_tests:
-            dirs[:] = [x for x in dirs if x not in EXCLUDED_TEST_DIRS]
-        out.extend(os.path.join(d, n) for n in names if n.endswith(suffixes))
+    # Iterative, not os.walk: 3.11's os.walk recurses once per level, and a tree 2,000
+    # folders deep (short names fit in PATH_MAX) would be a RecursionError in the task.
+    out, todo = [], [shard["dir"]]
+    while todo:
+        for _, path, is_dir in _entries(todo.pop(), suffixes, skip_tests):
+            (todo if is_dir else out).append(path)
     return sorted(out)
+
+
+def display(path: str) -> str:
+    """A path as valid UTF-8 text (undecodable name bytes become U+FFFD) for Arrow."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _walk_uri(d: str, suffixes: tuple[str, ...], skip_tests: bool) -> list[str]:

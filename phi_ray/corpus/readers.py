@@ -131,8 +131,10 @@ def _list_local(
     for shard in listing.plan_shards(root, suffixes, skip_tests, max_depth=1):
         for p in listing.walk_shard(shard, suffixes, skip_tests):
             fd, reason = listing.open_regular(p, tree)
-            if fd is None:
-                log.warning("%s: skipping %s (%s)", where, p, reason)
+            if fd is None or listing.display(p) != p:  # a FIFO would block; Arrow needs UTF-8
+                log.warning("%s: skipping %s (%s)", where, listing.display(p), reason or "name")
+                if fd is not None:
+                    os.close(fd)
                 continue
             out.append((p, os.fstat(fd).st_size))
             os.close(fd)
@@ -229,8 +231,11 @@ def list_shard_batch(batch: pa.Table, root: str, repo: str, skip_tests: bool) ->
         if sample is not None:
             paths = [paths[i] for i in listing.stride_picks(*sample) if i < len(paths)]
         files.extend(paths)
-    rel = [_relpath(p, root) for p in files]
-    return pa.table({"file": files, "rel": rel, "repo": [repo] * len(files)})
+    # Paths travel as bytes: a file name that is not UTF-8 (surrogate-escaped here) is
+    # still a file to read and count, and Arrow strings cannot hold it.
+    rel = [listing.display(_relpath(p, root)) for p in files]
+    raw = pa.array([os.fsencode(p) for p in files], pa.binary())
+    return pa.table({"file": raw, "rel": rel, "repo": [repo] * len(files)})
 
 
 def _relpath(p: str, root: str) -> str:
@@ -245,7 +250,8 @@ def read_file_batch(
     """Read one block of listed files into raw rows; every failure becomes a drop reason."""
     rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
     for item in batch.to_pylist():
-        text, reason = read_one(item["file"], item.get("size", -1), max_bytes, tree)
+        path = os.fsdecode(item["file"])  # bytes from list_shard_batch, str from callers
+        text, reason = read_one(path, item.get("size", -1), max_bytes, tree)
         rows["content"].append(text)
         rows["path"].append(item["rel"])
         rows["repo"].append(item["repo"])

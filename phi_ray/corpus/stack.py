@@ -61,7 +61,7 @@ def read_stack(
     import ray
 
     try:
-        names = _open_parquet(files[0], filesystem).schema_arrow.names
+        names = open_parquet(files[0], filesystem).schema_arrow.names
     except (OSError, pa.ArrowException) as e:
         raise CorpusError(f"{where}: cannot read Parquet schema of {files[0]}: {e}") from None
     _stack_columns(names, where, files[0])
@@ -76,7 +76,8 @@ def read_stack(
     return ds.limit(src.max_files) if src.max_files else ds
 
 
-def _open_parquet(path: str, filesystem: Any) -> Any:
+def open_parquet(path: str, filesystem: Any) -> Any:
+    """A ``pq.ParquetFile`` on ``filesystem`` (fsspec), a URI, or a local regular file."""
     import pyarrow.parquet as pq
 
     if filesystem is not None:
@@ -100,7 +101,7 @@ def stack_file_batches(
     """
     for path in batch.column("file").to_pylist():
         try:
-            pf = _open_parquet(path, filesystem)
+            pf = open_parquet(path, filesystem)
             cols = _stack_columns(pf.schema_arrow.names, "", path)
             wanted = sorted({c for c in cols.values() if c})
             for rb in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=wanted):

@@ -209,13 +209,31 @@ def jsonl_batches(
             yield records_to_table(recs, where, source, license)
 
 
-def parquet_batch(batch: pa.Table, source: str, license: str) -> pa.Table:
+def parquet_file_batches(batch: pa.Table, source: str, license: str) -> Iterator[pa.Table]:
+    """Stream each listed Parquet file of records, one file per task.
+
+    Files are read one by one, not as one Ray Parquet dataset: Ray unifies every file's
+    schema first, and one file with a differently typed column would fail them all.
+    """
+    from phi_ray.corpus.stack import open_parquet
+
+    for path in batch.column("file").to_pylist():
+        name = os.path.basename(path)
+        try:
+            for rb in open_parquet(path, None).iter_batches(batch_size=RECORDS_PER_BATCH):
+                yield parquet_batch(pa.Table.from_batches([rb]), source, license, name)
+        except (OSError, pa.ArrowException) as e:
+            where = f"{name}: unreadable ({type(e).__name__})"
+            yield records_to_table([_Skipped("unreadable")], [where], source, license)
+
+
+def parquet_batch(batch: pa.Table, source: str, license: str, name: str = "parquet") -> pa.Table:
     """Records from Parquet rows; a row that does not convert (invalid UTF-8) is bad."""
     try:
         recs = batch.to_pylist()
     except (UnicodeDecodeError, pa.ArrowException):
         recs = [_row(batch, i) for i in range(batch.num_rows)]
-    return records_to_table(recs, ["parquet"] * len(recs), source, license)
+    return records_to_table(recs, [name] * len(recs), source, license)
 
 
 def _row(batch: pa.Table, i: int) -> Any:
@@ -247,9 +265,10 @@ def read(src: Any, where: str, files: list[tuple[str, int]], max_bytes: int) -> 
         )
     pq_files = [f for f, _ in files if f.endswith(".parquet")]
     if pq_files:
+        items = [{"file": f} for f in pq_files]
         parts.append(
-            ray.data.read_parquet(pq_files).map_batches(
-                parquet_batch, batch_format="pyarrow", fn_kwargs=meta
+            ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                parquet_file_batches, batch_format="pyarrow", batch_size=1, fn_kwargs=meta
             )
         )
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
