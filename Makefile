@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test check-clients lint format bench install install-dev clean check-compat
+.PHONY: demo test check-clients lint format bench install install-dev clean check-compat check-floors rehearse
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -51,9 +51,19 @@ format: install-dev
 check-compat: install-dev
 	PHI_RAY_COMPAT=1 $(BIN)/python -m pytest tests/export/test_export_tf4.py $(PYTEST_ARGS)
 
+## check-floors: phi-ray's code at the pyproject floors of its key dependencies (a cached
+## venv: ~15 min to build on first use, torch's floor being a CUDA wheel set; then ~4 min)
+check-floors: install-dev
+	PHI_RAY_FLOORS=1 $(BIN)/python -m pytest tests/floors $(PYTEST_ARGS)
+
 ## bench: each benchmark prints ratios against a baseline run in the same process
 bench: install-dev
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+## rehearse: the tiny pipeline on a 3-node local Ray cluster, runs dir on a local S3 server
+## (moto), a worker node killed mid-pretrain, then a rerun that skips every stage
+rehearse: install-dev
+	$(BIN)/python tests/rehearsal/rehearse.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

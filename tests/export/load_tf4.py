@@ -1,6 +1,6 @@
 """Load an exported model directory as a transformers 4.x user would; write what it saw.
 
-Runs inside the cached transformers 4.57 venv (see ``venvs.py``), so it imports nothing
+Runs inside the cached transformers 4.57 venv (see ``tests/venvs.py``), so it imports nothing
 from phi_ray. Usage: ``python load_tf4.py MODEL_DIR SAMPLES_JSON OUT_DIR``. Writes
 ``result.json`` (versions, classes, token ids, decoded text, loading info) and
 ``logits.npy`` / ``logits_no_top_level_rope.npy`` (the first sample's logits, the second
