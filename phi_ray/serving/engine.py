@@ -11,9 +11,11 @@ row's own ``max_tokens`` and hands text deltas to a callback (streaming).
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,56 +94,79 @@ def merge_events(n: int, events: Iterable[SeqEvent]) -> list[SeqEvent]:
     return out
 
 
-def _prefix_function(s: str) -> list[int]:
-    """KMP: f[i] = length of the longest proper prefix of s[: i + 1] that is also its suffix."""
-    f = [0] * len(s)
-    k = 0
-    for i in range(1, len(s)):
-        while k and s[i] != s[k]:
-            k = f[k - 1]
-        if s[i] == s[k]:
-            k += 1
-        f[i] = k
-    return f
+class _StopAutomaton:
+    """Aho-Corasick over a request's stop strings: built once, shared by its sequences.
+
+    A state is a node of the stops' trie: the longest tail of the text read so far that is
+    a prefix of some stop. Its depth is therefore exactly the text to hold back, and
+    ``out`` says whether (the longest) stop ends there. Each character costs amortised
+    O(1) whatever the number of stops; memory is the stops' total length.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.goto: list[dict[str, int]] = [{}]
+        self.fail, self.depth, self.out = [0], [0], [0]
+        for stop in stops:
+            node = 0
+            for ch in stop:
+                if (nxt := self.goto[node].get(ch)) is None:
+                    nxt = len(self.goto)
+                    self.goto.append({})
+                    self.fail.append(0)
+                    self.depth.append(self.depth[node] + 1)
+                    self.out.append(0)
+                    self.goto[node][ch] = nxt
+                node = nxt
+            self.out[node] = len(stop)
+        queue = deque(self.goto[0].values())  # breadth first: a node's fail is shallower
+        while queue:
+            u = queue.popleft()
+            for ch, v in self.goto[u].items():
+                f = self.fail[u]
+                while f and ch not in self.goto[f]:
+                    f = self.fail[f]
+                self.fail[v] = self.goto[f].get(ch, 0)
+                # The longest stop that ends here, itself or through a shorter suffix.
+                self.out[v] = max(self.out[v], self.out[self.fail[v]])
+                queue.append(v)
+
+    def step(self, q: int, ch: str) -> int:
+        while q and ch not in self.goto[q]:
+            q = self.fail[q]
+        return self.goto[q].get(ch, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _automaton(stops: tuple[str, ...]) -> _StopAutomaton:
+    return _StopAutomaton(stops)
 
 
 class _StopMatcher:
-    """Finds stop strings in text that arrives piece by piece (one KMP automaton per stop).
-
-    Each character costs amortised O(1) per stop and memory is the stops' total length, so
-    a long list of long stops stays cheap; ``hold`` (the longest tail of the text that is
-    still a proper prefix of some stop) falls out of the automata's states for free.
-    """
+    """Finds stop strings in text that arrives piece by piece (see :class:`_StopAutomaton`)."""
 
     def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.fail = [_prefix_function(s) for s in self.stops]
-        self.state = [0] * len(self.stops)
+        stops = [s for s in stops if s]
+        self.ac = _automaton(tuple(stops)) if stops else None
+        self.state = 0
 
     def feed(self, text: str) -> int | None:
         """Consume ``text``; at the first character that completes a stop, return where
         that stop starts, relative to ``text`` (negative: it began in earlier text)."""
-        if not self.stops:
+        if self.ac is None:
             return None
+        q, ac = self.state, self.ac
         for j, ch in enumerate(text):
-            starts = []
-            for k, s in enumerate(self.stops):
-                q, f = self.state[k], self.fail[k]
-                while q and s[q] != ch:
-                    q = f[q - 1]
-                if s[q] == ch:
-                    q += 1
-                if q == len(s):
-                    starts.append(j + 1 - len(s))
-                    q = f[q - 1]
-                self.state[k] = q
-            if starts:
-                return min(starts)
+            q = ac.step(q, ch)
+            if ac.out[q]:
+                self.state = q
+                return j + 1 - ac.out[q]
+        self.state = q
         return None
 
     @property
     def hold(self) -> int:
-        return max(self.state, default=0)
+        """Length of the longest tail of the text that a stop may still complete."""
+        return self.ac.depth[self.state] if self.ac is not None else 0
 
 
 class _Detok:

@@ -18,6 +18,7 @@ from phi_ray.serving.engine import GREEDY_BELOW, SeqSpec, TokenLogprobs
 from phi_ray.serving.errors import APIError
 
 LOGPROB_FLOOR = -9999.0  # what vLLM reports for -inf: JSON has no infinity
+MAX_STOP_CHARS = 1024  # per stop: bounds the stop automaton a request builds
 
 
 @dataclass
@@ -88,6 +89,8 @@ def stop_list(stop: str | list[str] | None, limits: Limits) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > limits.max_stops:
         raise APIError(400, f"at most {limits.max_stops} stop sequences", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise APIError(400, f"a stop sequence is longer than {MAX_STOP_CHARS} characters", "stop")
     return [s for s in stops if s]
 
 

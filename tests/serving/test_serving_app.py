@@ -234,6 +234,7 @@ BAD = [
     ("top_p zero", "/v1/completions", {**C, "top_p": 0}, 400, "top_p"),
     ("n too big", "/v1/completions", {**C, "n": 129}, 400, "n"),
     ("too many stops", "/v1/completions", {**C, "stop": ["s"] * 257}, 400, "stop"),
+    ("stop too long", "/v1/completions", {**C, "stop": ["s" * 1025]}, 400, "stop"),
     ("logprobs over 20", "/v1/completions", {**C, "logprobs": 21}, 400, "logprobs"),
     ("max_tokens zero without echo", "/v1/completions", {**C, "max_tokens": 0}, 400, "max_tokens"),
     ("token id out of vocab", "/v1/completions", {**C, "prompt": [1, 60000]}, 400, "prompt"),
