@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -58,8 +59,11 @@ def _is_dir(root: str) -> bool:
     return fs.get_file_info(base).type == pafs.FileType.Directory
 
 
-def _entries(d: str, suffixes: tuple[str, ...], skip_tests: bool) -> list[tuple[str, str, bool]]:
-    """(sort key, path, is_dir) of one directory's listable entries, in tree order.
+def _entries(
+    d: str, suffixes: tuple[str, ...], skip_tests: bool, limit: int | None = None
+) -> list[tuple[str, str, bool]] | None:
+    """(sort key, path, is_dir) of one directory's listable entries, in tree order; None
+    when there are more than ``limit`` (the driver then leaves the folder to a task).
 
     As ``os.walk`` (no ``followlinks``): symlinked directories are not descended, so a link
     loop or a link to ``/`` lists nothing; every other entry with a matching name is listed,
@@ -81,6 +85,8 @@ def _entries(d: str, suffixes: tuple[str, ...], skip_tests: bool) -> list[tuple[
                         out.append((e.name + "/", e.path, True))
                 elif e.name.endswith(suffixes):
                     out.append((e.name, e.path, False))
+                if limit is not None and len(out) > limit:
+                    return None
     except OSError:  # unreadable directory: nothing listed, as os.walk
         return []
     return sorted(out)
@@ -106,12 +112,15 @@ def plan_shards(
     files_per_shard: int = 128,
     min_shards: int = 16,
     max_depth: int = 3,
+    max_entries: int = 10_000,
 ) -> list[dict[str, Any]]:
     """Shards covering the tree, in tree order: ``{"dir", "names": [paths]}`` (those files)
     or ``{"dir", "names": None}`` (all of ``dir``, walked recursively). Local paths or URIs.
 
     Directories are expanded level by level until there are ``min_shards`` shards or
-    ``max_depth`` levels were looked at, so one big top-level folder still spreads.
+    ``max_depth`` levels were looked at, so one big top-level folder still spreads; a
+    folder with more than ``max_entries`` entries is not expanded here (a task walks it),
+    so the driver holds at most that many names per folder it looks at.
     """
     if not _is_dir(root):
         return [{"dir": "", "names": [root]}]
@@ -124,8 +133,12 @@ def plan_shards(
             if s["names"] is not None:
                 expanded.append(s)
                 continue
+            entries = _entries(s["dir"], suffixes, skip_tests, max_entries)
+            if entries is None:
+                expanded.append(s)
+                continue
             run: list[str] = []
-            for _, path, is_dir in _entries(s["dir"], suffixes, skip_tests):
+            for _, path, is_dir in entries:
                 if is_dir:
                     _flush(expanded, s["dir"], run, files_per_shard)
                     expanded.append({"dir": path, "names": None})
@@ -142,19 +155,35 @@ def _flush(out: list, d: str, paths: list[str], per: int) -> None:
     paths.clear()
 
 
-def walk_shard(shard: dict[str, Any], suffixes: tuple[str, ...], skip_tests: bool) -> list[str]:
-    """The shard's file paths, sorted (runs inside a Ray task for recursive shards)."""
+def iter_shard(shard: dict[str, Any], suffixes: tuple[str, ...], skip_tests: bool) -> Iterator[str]:
+    """The shard's file paths in sorted order, streamed (runs inside a Ray task).
+
+    A depth-first walk over each folder's entries sorted by key (``name``, or ``name/``
+    for a folder) yields exactly the sorted order of the full paths, holding only the
+    folders along the current path: no list of the subtree, however large. Iterative, not
+    ``os.walk``: 3.11's os.walk recurses once per level, and a tree 2,000 folders deep
+    (one-letter names fit in PATH_MAX) would be a RecursionError in the task.
+    """
     if shard["names"] is not None:
-        return list(shard["names"])
+        yield from shard["names"]
+        return
     if "://" in shard["dir"]:
-        return _walk_uri(shard["dir"], suffixes, skip_tests)
-    # Iterative, not os.walk: 3.11's os.walk recurses once per level, and a tree 2,000
-    # folders deep (short names fit in PATH_MAX) would be a RecursionError in the task.
-    out, todo = [], [shard["dir"]]
-    while todo:
-        for _, path, is_dir in _entries(todo.pop(), suffixes, skip_tests):
-            (todo if is_dir else out).append(path)
-    return sorted(out)
+        yield from _walk_uri(shard["dir"], suffixes, skip_tests)
+        return
+    stack = [iter(_entries(shard["dir"], suffixes, skip_tests) or ())]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry[2]:
+            stack.append(iter(_entries(entry[1], suffixes, skip_tests) or ()))
+        else:
+            yield entry[1]
+
+
+def walk_shard(shard: dict[str, Any], suffixes: tuple[str, ...], skip_tests: bool) -> list[str]:
+    """:func:`iter_shard` as a list."""
+    return list(iter_shard(shard, suffixes, skip_tests))
 
 
 def display(path: str) -> str:

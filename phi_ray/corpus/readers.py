@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import sysconfig
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -219,18 +220,40 @@ def _sample_plan(shards: list, src: SourceConfig, where: str, root: str) -> list
 
 
 def _count_shards(shards: list, skip_tests: bool) -> list[int]:
-    return [len(listing.walk_shard(s, (".py",), skip_tests)) for s in shards]
+    return [sum(1 for _ in listing.iter_shard(s, (".py",), skip_tests)) for s in shards]
 
 
-def list_shard_batch(batch: pa.Table, root: str, repo: str, skip_tests: bool) -> pa.Table:
-    """Shards -> listed items (file, rel, repo): the walk happens here, in the task."""
-    files: list[str] = []
+def list_shard_batch(batch: pa.Table, root: str, repo: str, skip_tests: bool) -> Iterator[pa.Table]:
+    """Shards -> listed items (file, rel, repo): the walk happens here, in the task,
+    streamed in ``FILES_PER_BLOCK`` pieces (a subtree's listing is never held whole)."""
     for item in batch.to_pylist():
-        paths = listing.walk_shard(json.loads(item["shard"]), (".py",), skip_tests)
+        paths = listing.iter_shard(json.loads(item["shard"]), (".py",), skip_tests)
         sample = json.loads(item["sample"])
         if sample is not None:
-            paths = [paths[i] for i in listing.stride_picks(*sample) if i < len(paths)]
-        files.extend(paths)
+            paths = _picked(paths, *sample)
+        chunk: list[str] = []
+        for p in paths:
+            chunk.append(p)
+            if len(chunk) == FILES_PER_BLOCK:
+                yield _listed(chunk, root, repo)
+                chunk = []
+        if chunk:
+            yield _listed(chunk, root, repo)
+
+
+def _picked(paths: Iterator[str], offset: int, n: int, step: float) -> Iterator[str]:
+    """The paths at the local indices :func:`listing.stride_picks` names, streamed."""
+    want = iter(listing.stride_picks(offset, n, step))
+    nxt = next(want, None)
+    for i, p in enumerate(paths):
+        if nxt is None:
+            return
+        if i == nxt:
+            yield p
+            nxt = next(want, None)
+
+
+def _listed(files: list[str], root: str, repo: str) -> pa.Table:
     # Paths travel as bytes: a file name that is not UTF-8 (surrogate-escaped here) is
     # still a file to read and count, and Arrow strings cannot hold it.
     rel = [listing.display(_relpath(p, root)) for p in files]

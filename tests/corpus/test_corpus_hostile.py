@@ -146,6 +146,10 @@ def test_shards_concatenate_to_the_sorted_tree_and_sample_like_a_global_stride()
     everything = [p for p, _ in files]
     shards = listing.plan_shards(str(STDLIB), (".py",), True, files_per_shard=128)
     assert len(shards) >= 16  # the driver saw the top levels only, yet the work spreads
+    # A folder with more entries than the driver may hold is left whole to one task.
+    assert listing.plan_shards(str(STDLIB), (".py",), True, max_entries=50) == [
+        {"dir": str(STDLIB), "names": None}
+    ]
     parts = [listing.walk_shard(s, (".py",), True) for s in shards]
     flat = [p for part in parts for p in part]
     # Every listed file once, in the global sorted order (non-files are listed too: the
