@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,12 +55,14 @@ class _Server:
             env["PHI_RAY_SANDBOX_DEBUG"] = debug
         judge_r, judge_w = os.pipe()
         cfg = {**self.cfg, "judge_fd": judge_r}
+        # Only the server's own crash lands here: its children close their stderr.
+        err = tempfile.TemporaryFile()
         proc = subprocess.Popen(
             [*self.prefix, self.python, "-I", "-S", SERVER, json.dumps(cfg)],
             pass_fds=(judge_r,),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=None if debug else subprocess.DEVNULL,
+            stderr=None if debug else err,
             cwd="/",
             env=env,
             start_new_session=True,
@@ -76,7 +77,13 @@ class _Server:
             self._kill(proc)
             os.close(judge_w)
             self.judge_w = None
-            raise SandboxError(f"sandbox server did not start: {type(e).__name__}: {e}") from None
+            err.seek(max(0, err.seek(0, 2) - 600))
+            tail = err.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise SandboxError(
+                f"sandbox server did not start: {type(e).__name__}: {e}; {' | '.join(tail)}"
+            ) from None
+        finally:
+            err.close()
         return proc
 
     def call(self, header: dict, cand: bytes, judge: bytes, wait_s: float) -> dict:
@@ -211,7 +218,15 @@ class Sandbox:
             }
             self._servers.append(_Server(cfg, prefix, self.python))
             self._slots.put(self._servers[-1])
-        self._lock = threading.Lock()
+        self._probe()
+
+    def _probe(self) -> None:
+        """One trivial job: a host where the sandbox cannot run is an error here, naming
+        why, rather than every sample failing (pass@k 0) with the same reason."""
+        res = self.run_one(Script("pass"))
+        if not res.passed:
+            self.close()
+            raise SandboxError(f"the {self.mode} sandbox does not work here: {res.result}")
 
     @property
     def memory_scope(self) -> str:
