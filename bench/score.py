@@ -11,7 +11,12 @@ end to end: model load, Parquet read, tokenize, embed, predict. Printed:
 - the embedding step's achieved FLOP/s (2 x non-embedding params x tokens, plus the
   attention matmuls, over the forward time of the loop) against this machine's fp32
   (GPU: bf16) matmul FLOP/s measured here, and their ratio (target >= 0.4);
-- on a GPU: tokens per GPU-hour.
+- on a GPU: tokens per GPU-hour;
+- the embedding forward with the new attention (``scaled_dot_product_attention`` in the
+  model dtype) against the old (transformers' eager CodeGen attention: fp32 q.k^T and
+  materialised scores), same weights, rows and batches, alternating runs: tokens/s of each,
+  their ratio, each one's FLOP ratio, and the largest difference between their vectors.
+  ``--attention-only`` runs just this part (no Ray).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from phi_ray.config import load_config
 from phi_ray.quality.classifier import QualityClassifier, build_meta
-from phi_ray.quality.embed import Embedder
+from phi_ray.quality.embed import Embedder, token_batches
 
 
 def make_corpus(out: Path, n_files: int, rows: int) -> list[str]:
@@ -72,12 +77,42 @@ def forward_flops(emb: Embedder, lengths: list[int]) -> float:
     n_param = emb.num_parameters(non_embedding=True)
     layers, d = emb.model.config.n_layer, emb.dim
     flops = 2.0 * n_param * sum(lengths)
-    bs = emb.cfg.batch_size
-    lengths = sorted(lengths, reverse=True)
-    for s in range(0, len(lengths), bs):  # batches are padded to their longest row
-        t = lengths[s]
-        flops += 4.0 * layers * len(lengths[s : s + bs]) * t * t * d
+    for idx in token_batches(lengths, emb.token_budget):  # padded to their longest row
+        t = max(lengths[i] for i in idx)
+        flops += 4.0 * layers * len(idx) * t * t * d
     return flops
+
+
+def attention_compare(cfg, texts: list[str], device: str, reps: int = 3) -> dict:
+    """New (SDPA) vs old (eager fp32 scores) embedding forward on the same rows."""
+    import dataclasses
+    import statistics
+
+    ecfg = cfg.quality.embedder
+    new = Embedder(ecfg, device=device, seed=cfg.run.seed)
+    old = Embedder(
+        dataclasses.replace(ecfg, attn_implementation="eager"), device=device, seed=cfg.run.seed
+    )
+    rows = new.tokenize(texts)
+    tokens = sum(map(len, rows))
+    times: dict[str, list[float]] = {"new": [], "old": []}
+    out = {}
+    for i in range(reps + 1):  # round 0 warms up
+        for name, emb in (("old", old), ("new", new)):
+            t0 = time.perf_counter()
+            out[name] = emb.embed_tokens(rows)
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    peak = matmul_peak(device)
+    flops = forward_flops(new, [len(r) for r in rows])
+    diff = float(np.abs(out["new"] - out["old"]).max())
+    print(f"attention: {len(rows)} files, {tokens:,} tokens, {device}, {reps} reps alternating")
+    for k in ("old", "new"):
+        print(f"  {k} ({'eager fp32 scores' if k == 'old' else 'sdpa'}): "
+              f"{tokens / med[k]:,.0f} tokens/s, FLOP ratio {flops / med[k] / peak:.2f}")  # fmt: skip
+    print(f"  ratio new / old: {med['old'] / med['new']:.2f}x; max |new - old| {diff:.1e}")
+    return {"speedup": med["old"] / med["new"], "flop_ratio": flops / med["new"] / peak}
 
 
 def single_process(clf_dir: str, files: list[str], batch_rows: int, device: str) -> dict:
@@ -140,6 +175,7 @@ def main() -> None:
     ap.add_argument(
         "--concurrency", type=int, default=None, help="actors (default: 1 per GPU/core)"
     )
+    ap.add_argument("--attention-only", action="store_true", help="only new vs old attention")
     args = ap.parse_args()
 
     import torch
@@ -168,6 +204,11 @@ def main() -> None:
     cfg = load_config("tiny", overrides)
     tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
     files = make_corpus(tmp, args.files, args.rows)
+    texts = [t for f in files for t in pq.read_table(f, columns=["content"])["content"].to_pylist()]
+    torch.set_num_threads(cores)
+    attention_compare(cfg, texts, device)
+    if args.attention_only:
+        return
 
     # A classifier over this embedder: the forest's fit is not what is measured.
     emb = Embedder(cfg.quality.embedder, device="cpu", seed=cfg.run.seed)

@@ -235,7 +235,7 @@ def _one_step(model, optim, loss_fn, w, device, dtype):
     if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return dt, float(loss), {"saved": saved, "peak": peak}
+    return dt, float(loss.detach()), {"saved": saved, "peak": peak}
 
 
 def step_bench(args) -> dict:
@@ -255,10 +255,11 @@ def step_bench(args) -> dict:
     w = torch.randint(0, 50295, (args.step_micro, args.step_seq + 1), generator=g).to(device)
     res: dict[str, list] = {"old": [], "new": []}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    for i in range(args.step_reps + 1):  # the first round warms up (and compiles)
+    warm = 1 if args.step_warmup else 0
+    for i in range(args.step_reps + warm):  # a first round warms up (and compiles)
         for name, model, fn in (("old", old, _old_loss), ("new", new, _new_loss)):
             out = _one_step(model, opts[name], fn, w, device, dtype)
-            if i:
+            if i >= warm:
                 res[name].append(out)
             print(f"  {name} step {i}: {out[0]:.2f} s, loss {out[1]:.5f}", flush=True)
     med = {k: statistics.median(r[0] for r in v) for k, v in res.items()}
@@ -314,6 +315,7 @@ def main() -> None:
     p.add_argument("--step-seq", type=int, default=2048)
     p.add_argument("--step-micro", type=int, default=1)
     p.add_argument("--step-reps", type=int, default=3)
+    p.add_argument("--step-warmup", type=int, default=1, help="0: no warm-up round (CPU)")
     p.add_argument("--compile", action="store_true", help="compile the new step on CPU too")
     args = p.parse_args()
     if args.step:

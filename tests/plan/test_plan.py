@@ -30,7 +30,7 @@ _M = dict(
         ("none", "gelu_pytorch_tanh"),
         ("selective", "gelu_pytorch_tanh"),
         ("full", "gelu_pytorch_tanh"),
-        ("none", "gelu_new"),
+        pytest.param("none", "gelu_new", marks=pytest.mark.slow),
     ],
 )
 def test_activation_figure_matches_cpu_measurement(mode, activation):
