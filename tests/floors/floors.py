@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-import tomllib
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,9 +23,15 @@ KEY = (
 )
 
 
+def _dependencies() -> list[Any]:
+    import tomllib  # Python 3.11+: imported here so collection works on 3.10
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
 def floors() -> dict[str, str]:
     """``{name: oldest version}`` for every runtime dependency with a ``>=`` floor."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = _dependencies()
     out = {}
     for d in deps:
         req = Requirement(d)
@@ -37,7 +43,7 @@ def floors() -> dict[str, str]:
 
 def floor_requirements() -> list[str]:
     """pyproject's dependencies with the KEY ones pinned to their floors, plus pytest."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = _dependencies()
     out = []
     for d in deps:
         req = Requirement(d)

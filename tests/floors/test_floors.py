@@ -17,10 +17,6 @@ import pytest
 from floors import KEY, REPO, floor_requirements, floors
 from venvs import cached_venv
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("PHI_RAY_FLOORS"), reason="builds a venv of the floors: make check-floors"
-)
-
 
 def test_every_key_dependency_has_a_floor():
     have = floors()
@@ -29,6 +25,9 @@ def test_every_key_dependency_has_a_floor():
     assert len(pinned) == len(KEY), pinned
 
 
+@pytest.mark.skipif(
+    not os.environ.get("PHI_RAY_FLOORS"), reason="builds a venv of the floors: make check-floors"
+)
 def test_phi_ray_runs_at_its_floors(tmp_path):
     python = cached_venv("floors", floor_requirements())
     here = Path(__file__).parent
