@@ -13,18 +13,32 @@ had. Isolation per mode is in :mod:`~phi_ray.sandbox.modes`; the kernel plumbing
 mode guarantees.
 """
 
-from phi_ray.sandbox.host import Sandbox, SandboxError
-from phi_ray.sandbox.jobs import (
-    Check,
-    Doctest,
-    ExecResult,
-    Job,
-    Limits,
-    Script,
-    check_limits,
-    signal_name,
-)
-from phi_ray.sandbox.modes import WeakSandboxError, detect
+import importlib
+
+# Names resolve on first use (PEP 562): the fork server imports this package's small
+# modules (wire, jail, judge, candidate) without pulling in the host side, so every
+# process it forks is smaller to copy and to tear down.
+_WHERE = {
+    "Sandbox": "host",
+    "SandboxError": "host",
+    "Check": "jobs",
+    "Doctest": "jobs",
+    "ExecResult": "jobs",
+    "Job": "jobs",
+    "Limits": "jobs",
+    "Script": "jobs",
+    "check_limits": "jobs",
+    "signal_name": "jobs",
+    "WeakSandboxError": "modes",
+    "detect": "modes",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'phi_ray.sandbox' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"phi_ray.sandbox.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "Check",

@@ -274,10 +274,14 @@ class Sandbox:
             job = Script(job)
         lim, t0 = self.limits, time.monotonic()
         try:
-            cand, judge = (json.dumps(p).encode("utf-8", "surrogatepass") for p in job.payloads())
+            cand_job, judge_job = job.payloads()
+            cand, judge = (
+                json.dumps(p).encode("utf-8", "surrogatepass") for p in (cand_job, judge_job)
+            )
             env = {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ}
             env.update(PATH=_SAFE_PATH, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
             header = {
+                "kind": judge_job["kind"],
                 "env": env,
                 "limits": {
                     "cpu": lim.cpu_s,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import platform
 import resource
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -135,7 +134,7 @@ def build_view(root: str, trees: list[str], tmp_mb: int) -> None:
 
 def _pivot(root: str) -> None:
     os.makedirs(root + "/.old", exist_ok=True)
-    num = _SYS_PIVOT_ROOT.get(platform.machine())
+    num = _SYS_PIVOT_ROOT.get(os.uname().machine)
     os.chdir(root)
     if num is None:  # unknown arch: move the new root over / and chroot into it
         mount(root, "/", None, 8192)  # MS_MOVE

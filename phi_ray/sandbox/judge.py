@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import doctest
 
 from phi_ray.sandbox import wire
 
@@ -162,6 +161,8 @@ def _docstrings(code: str) -> list[tuple[str, str]]:
 
 
 def _doctest(chan: _Channel, job: dict, loaded: dict) -> dict:
+    import doctest  # the server preloads it before forking a doctest job's judge
+
     parser, checker = doctest.DocTestParser(), doctest.OutputChecker()
     base = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     try:
