@@ -476,6 +476,26 @@ def test_prompt_forms_n_beyond_the_batch_and_long_stop_lists(http):
         assert got == full[:cut]
 
 
+def test_streamed_n_beyond_the_batch_with_echo_and_logprobs(client, http):
+    """Token-id prompts, n=5 x 2 prompts (10 sequences, batch 8), echo + logprobs, streamed:
+    each choice's chunks add up to its non-streamed choice."""
+    tok = get_tokenizer()
+    prompts = [tok.encode("x = "), tok.encode("def f():")]
+    kw = {"model": "phi-1", "prompt": prompts, "max_tokens": 3, "n": 5, "echo": True}
+    kw |= {"logprobs": 1, "temperature": 0}
+    full = client.completions.create(**kw)  # the openai client parses the logprobs too
+    assert len(full.choices) == 10 and full.choices[7].text.startswith("def f():")
+    assert full.choices[7].logprobs.token_logprobs[0] is None
+    with http.stream("POST", "/v1/completions", json={**kw, "stream": True}) as s:
+        lines = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: {")]
+    text, tokens = [""] * 10, [[] for _ in range(10)]
+    for c in (line["choices"][0] for line in lines):
+        text[c["index"]] += c["text"]
+        tokens[c["index"]] += c["logprobs"]["tokens"] if c["logprobs"] else []
+    assert text == [c.text for c in full.choices]
+    assert tokens == [c.logprobs.tokens for c in full.choices]
+
+
 def test_tokenizer_health_version_and_metrics(http, served):
     tok = get_tokenizer()
     r = http.post("/tokenize", json={"prompt": PROMPT, "add_special_tokens": False}).json()
