@@ -53,10 +53,11 @@ def read_stack(
 ) -> Any:
     """Stack-layout Parquet files (local, URIs, or paths on ``filesystem``) -> raw rows.
 
-    One Ray task per file streams it by record batches; the driver reads one footer (a
-    clear error when the layout is not The Stack's) and no rows. Files are read one by
-    one rather than as one Ray Parquet dataset because Ray unifies every file's schema
-    first: one file with an int ``path`` or a binary ``content`` would fail them all.
+    Tasks list each file's row groups, then one task per row group streams it by record
+    batches, so a few large files still spread over every CPU. The driver reads one
+    footer (a clear error when the layout is not The Stack's) and no rows. Ray's own
+    Parquet reader is not used because it unifies every file's schema first: one file
+    with an int ``path`` or a binary ``content`` would fail them all.
     """
     import ray
 
@@ -68,7 +69,10 @@ def read_stack(
     meta = {"source": source_name(src), "license": src.license or "", "max_bytes": max_bytes}
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(
-        stack_file_batches,
+        row_groups, batch_format="pyarrow", batch_size=1, fn_kwargs={"filesystem": filesystem}
+    ).repartition(target_num_rows_per_block=1)
+    ds = ds.map_batches(
+        stack_row_group_batches,
         batch_format="pyarrow",
         batch_size=1,
         fn_kwargs={"filesystem": filesystem, **meta},
@@ -91,27 +95,42 @@ def open_parquet(path: str, filesystem: Any) -> Any:
     return pq.ParquetFile(os.fdopen(fd, "rb"))
 
 
-def stack_file_batches(
+def row_groups(batch: pa.Table, filesystem: Any) -> pa.Table:
+    """Files -> (file, row group) items; row group -1 for a file that is not Parquet."""
+    files, groups = [], []
+    for path in batch.column("file").to_pylist():
+        try:
+            found = list(range(open_parquet(path, filesystem).num_row_groups))
+        except (OSError, pa.ArrowException) as e:
+            log.warning("%s: unreadable Parquet (%s: %s)", path, type(e).__name__, e)
+            found = [-1]  # one row for it, counted as unreadable by the reader
+        files += [path] * len(found)
+        groups += found
+    return pa.table({"file": files, "rg": pa.array(groups, pa.int64())})
+
+
+def stack_row_group_batches(
     batch: pa.Table, filesystem: Any, source: str, license: str, max_bytes: int
 ) -> Iterator[pa.Table]:
-    """Stream each listed file as raw rows, ``ROWS_PER_BATCH`` at a time.
+    """Stream row groups as raw rows, ``ROWS_PER_BATCH`` at a time.
 
     A file that is not Stack-layout Parquet, or breaks while being read, adds one
     ``unreadable`` row named after it (the rows read before the break are kept).
     """
-    for path in batch.column("file").to_pylist():
+    for path, rg in zip(batch["file"].to_pylist(), batch["rg"].to_pylist(), strict=True):
         try:
-            pf = open_parquet(path, filesystem)
-            cols = _stack_columns(pf.schema_arrow.names, "", path)
-            wanted = sorted({c for c in cols.values() if c})
-            for rb in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=wanted):
-                yield stack_batch(pa.Table.from_batches([rb]), cols, source, license, max_bytes)
+            if rg >= 0:  # -1: the listing task found no Parquet (and said why)
+                pf = open_parquet(path, filesystem)
+                cols = _stack_columns(pf.schema_arrow.names, "", path)
+                wanted = sorted({c for c in cols.values() if c})
+                for rb in pf.iter_batches(ROWS_PER_BATCH, row_groups=[rg], columns=wanted):
+                    t = pa.Table.from_batches([rb])
+                    yield stack_batch(t, cols, source, license, max_bytes)
+                continue
         except (OSError, pa.ArrowException, CorpusError) as e:
-            row = {"content": None, "path": path, "repo": "", "license": license}
-            yield pa.Table.from_pylist(
-                [{**row, "source": source, "drop": "unreadable"}], schema=RAW_SCHEMA
-            )
             log.warning("%s: unreadable Parquet (%s: %s)", path, type(e).__name__, e)
+        row = {"content": None, "path": path, "repo": "", "license": license}
+        yield pa.Table.from_pylist([{**row, "source": source, "drop": "unreadable"}], RAW_SCHEMA)
 
 
 def stack_batch(
