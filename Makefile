@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test check-clients lint format bench install install-dev clean check-compat check-floors rehearse rehearse
+.PHONY: demo test check-clients lint format bench install install-dev clean check-compat check-floors rehearse
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -59,11 +59,6 @@ check-floors: install-dev
 ## bench: each benchmark prints ratios against a baseline run in the same process
 bench: install-dev
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
-
-## rehearse: the tiny pipeline on a 3-node local Ray cluster, runs dir on a local S3 server
-## (moto), a worker node killed mid-pretrain, then a rerun that skips every stage
-rehearse: install-dev
-	$(BIN)/python tests/rehearsal/rehearse.py
 
 ## rehearse: the tiny pipeline on a 3-node local Ray cluster, runs dir on a local S3 server
 ## (moto), a worker node killed mid-pretrain, then a rerun that skips every stage
