@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sysconfig
 from pathlib import Path
 
 import torch
@@ -29,3 +30,18 @@ def export_tiny(out_dir: Path) -> tuple[Path, torch.nn.Module]:
             p.add_(torch.randn_like(p) * 0.05)
     export_hf(model.state_dict(), mcfg, str(out_dir))
     return out_dir, model
+
+
+def stdlib_files(n: int) -> list[Path]:
+    """The first ``n`` standard-library modules, tests excluded.
+
+    Not ``conftest.stdlib_python_files``: ``from conftest import`` resolves to whichever
+    conftest.py pytest imported last (tests/sandbox has its own), so it depends on order.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        p
+        for p in root.rglob("*.py")
+        if not {"site-packages", "test", "tests", "idle_test"} & set(p.parts)
+    )
+    return files[:n]

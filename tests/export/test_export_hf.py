@@ -12,8 +12,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import stdlib_python_files
-from export_model import SAMPLES, export_tiny
+from export_model import SAMPLES, export_tiny, stdlib_files
 from safetensors import safe_open
 
 from phi_ray.model.tokenizer import _gpt2_files, get_tokenizer
@@ -87,7 +86,7 @@ def test_vocab_and_merges_alone_make_the_same_tokenizer(exported, tmp_path):
     slow_files = AutoTokenizer.from_pretrained(tmp_path)
     ref = get_tokenizer()
     assert len(slow_files) == len(ref)
-    for p in stdlib_python_files(40):
+    for p in stdlib_files(40):
         text = p.read_text(encoding="utf-8", errors="replace")
         assert slow_files(text)["input_ids"] == ref(text)["input_ids"], p
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import stdlib_python_files
-from export_model import SAMPLES, export_tiny
+from export_model import SAMPLES, export_tiny, stdlib_files
 from venvs import cached_venv
 
 pytestmark = pytest.mark.skipif(
@@ -33,7 +32,7 @@ def test_export_loads_identically_in_transformers_4_57_and_5(tmp_path):
     python = cached_venv("tf457", TF4, borrow_torch=True)
     model_dir, model = export_tiny(tmp_path / "model")
     samples = SAMPLES + [
-        p.read_text(encoding="utf-8", errors="replace")[:4000] for p in stdlib_python_files(30)
+        p.read_text(encoding="utf-8", errors="replace")[:4000] for p in stdlib_files(30)
     ]
     (tmp_path / "samples.json").write_text(json.dumps(samples))
     out = tmp_path / "tf4"
