@@ -135,11 +135,12 @@ class LLMClient:
         return self.cache.get(self.cache_key(req)) if self.cache is not None else None
 
     def _params(self, req: Request) -> dict[str, Any]:
-        return {
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-            **req.params,
-        }
+        params = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
+        params.update(req.params)
+        if params.get("max_tokens") is None and params.get("max_completion_tokens") is None:
+            # never an uncapped answer: the budget reserves the cap
+            params["max_tokens"] = self.cfg.max_tokens
+        return params
 
     async def _ensure_configured(self) -> None:
         if self._configured:

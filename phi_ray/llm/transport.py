@@ -88,7 +88,8 @@ class Transport:
 
     def worst(self, req: Request, model: str, params: dict) -> Worst:
         n = int(params.get("n", 1) or 1)
-        out = int(params.get("max_tokens") or self.cfg.max_tokens) * n
+        cap = params.get("max_completion_tokens") or params.get("max_tokens")
+        out = int(cap or self.cfg.max_tokens) * n
         price = find_price(model, self.cfg.prices) or {}
         return Worst(req.prompt_bound(), out, price.get("input", 0.0), price.get("output", 0.0))
 

@@ -345,3 +345,19 @@ def test_an_object_store_run_keeps_its_cache_under_work_and_a_new_host_restores_
         assert len(first.results) == 8 and len(more.results) == 4
         assert len(again.results) == 12 and all(r.cached for r in again.results)
         assert srv.calls["ok"] == 12
+
+
+def test_a_request_cannot_lift_the_output_cap_its_budget_reserved(tmp_path):
+    with OpenAITestServer(_score) as srv:
+        reqs = [
+            Request(
+                "none", messages=[{"role": "user", "content": "a"}], params={"max_tokens": None}
+            ),
+            Request(
+                "big", messages=[{"role": "user", "content": "b"}], params={"max_tokens": 10**9}
+            ),
+        ]
+        batch = _run(cfg=_cfg(srv, budget_tokens=5000, max_tokens=64), requests=reqs,
+                     cache_dir=str(tmp_path))  # fmt: skip
+        assert [b["max_tokens"] for b in srv.bodies] == [64]  # None is the configured cap
+        assert [r.id for r in batch.results] == ["none"] and batch.pending == ["big"]
