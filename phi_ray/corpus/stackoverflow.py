@@ -122,14 +122,30 @@ def records_to_table(recs: list[Any], where: list[str], source: str, license: st
     rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
     for rec, loc in zip(recs, where, strict=True):
         text, reason = (None, rec) if isinstance(rec, _Skipped) else record_sample(rec)
+        if text is not None and not _encodable(text):  # a JSON "\ud800" escape
+            text, reason = None, "not_utf8"
         rows["content"].append(text)
-        rows["path"].append(_path(rec, loc))
+        rows["path"].append(_label(_path(rec, loc)))
         rows["repo"].append(REPO)
         lic = rec.get("license") if isinstance(rec, dict) else None
-        rows["license"].append(lic if isinstance(lic, str) and 0 < len(lic) < 200 else license)
+        ok = isinstance(lic, str) and 0 < len(lic) < 200
+        rows["license"].append(_label(lic) if ok else license)
         rows["source"].append(source)
         rows["drop"].append(reason or "")
     return pa.table(rows, schema=RAW_SCHEMA)
+
+
+def _encodable(s: str) -> bool:
+    """Whether Arrow can hold ``s``: JSON escapes can make lone surrogates, UTF-8 cannot."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _label(s: str) -> str:
+    return s if _encodable(s) else s.encode("utf-8", "replace").decode("utf-8")
 
 
 class _Unusable(OSError):

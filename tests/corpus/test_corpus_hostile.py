@@ -220,6 +220,19 @@ def test_wrongly_typed_records_are_bad_records():
     odd = {**GOOD_REC, "question_id": {"nested": [1, 2]}, "license": ["MIT"]}
     t = stackoverflow.records_to_table([odd], ["f.jsonl:3"], "so", "CC-BY-SA-4.0")
     assert t.to_pylist()[0]["path"] == "f.jsonl:3" and t["license"][0].as_py() == "CC-BY-SA-4.0"
+    # Lone surrogates from JSON escapes: Arrow cannot hold them; the text is not_utf8 and
+    # the id and license are kept with the surrogate replaced.
+    rec = json.loads(
+        r'{"question_id": "q\ud800", "title": "T \ud800", "body": "b",'
+        r' "answers": ["a"], "license": "MIT\udc00"}'
+    )
+    row = stackoverflow.records_to_table([rec], ["f:1"], "so", "L").to_pylist()[0]
+    assert (row["drop"], row["content"], row["path"], row["license"]) == (
+        "not_utf8",
+        None,
+        "questions/q?",
+        "MIT?",
+    )
 
 
 def _jsonl_rows(path: Path, max_bytes: int) -> list[dict]:

@@ -113,6 +113,7 @@ def _write_so(root: Path) -> None:
         "answers": [{"body": "<p>Every opening tag rescans the rest of the text.</p>"}],
     }
     lines.append(json.dumps(pre_heavy))
+    lines.append(r'{"question_id": 94, "title": "\ud800", "answers": ["x"]}')  # not_utf8
     (root / "posts.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -139,7 +140,7 @@ def _write_local(root: Path) -> None:
 EXPECTED_DROPS = {
     "empty": 3,
     "binary": 3,
-    "not_utf8": 2,
+    "not_utf8": 3,
     "huge": 2,
     "unreadable": 2,
     "not_regular": 1,
@@ -224,7 +225,7 @@ def test_drop_reasons_and_counts(ingested):
     _, rd, res = ingested
     c = res.counts
     assert {k: v for k, v in c["drops"].items() if v} == EXPECTED_DROPS
-    assert c["files_in"] == 18 + 10 + 12
+    assert c["files_in"] == 18 + 11 + 12
     assert c["files_dropped"] == sum(EXPECTED_DROPS.values())
     assert c["files_after_filters"] == c["files_in"] - c["files_dropped"] == 18
     assert c["files_out"] == 14 and c["tokens_out"] < c["tokens_in"]
