@@ -6,7 +6,14 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from phi_ray.synth import sandbox
+from tests.sandbox.conftest import MODE
+
+pytestmark = pytest.mark.skipif(
+    MODE != "strong", reason="synth refuses a weak sandbox (tested in test_modes)"
+)
 
 
 def fn(body: str, post: str = "", example: str = "f(2)") -> str:
