@@ -182,7 +182,10 @@ def _read_files(src: SourceConfig, where: str, max_bytes: int) -> Any:
     ]
     tree = None if "://" in root else listing.tree_root(root)
     meta = {"license": src.license or _DEFAULT_LICENSE[src.kind], "source": source_name(src)}
-    listed = ray.data.from_items(items, override_num_blocks=min(len(items), 256)).map_batches(
+    # Listing a shard is cheap next to reading it: about two listing tasks per CPU.
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = min(len(items), 2 * cpus)
+    listed = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         list_shard_batch,
         batch_format="pyarrow",
         batch_size=1,
