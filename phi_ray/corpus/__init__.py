@@ -1,7 +1,8 @@
 """The corpus (ingest) stage: raw code sources -> a filtered, deduplicated Parquet corpus.
 
-Laid out as the pipeline reads (datatrove style): :mod:`readers` (The Stack Parquet, the
-hub, StackOverflow records, ``.py`` trees) -> :mod:`process` (checks and prefilters of
+Laid out as the pipeline reads (datatrove style): :mod:`readers` (``.py`` trees, listed in
+Ray tasks by :mod:`listing`; :mod:`stack` for The Stack Parquet and the hub;
+:mod:`stackoverflow` records, HTML by :mod:`html_text`) -> :mod:`process` (checks and prefilters of
 :mod:`filters`, ids, token counts, :mod:`minhash` band keys) -> :mod:`dedup` (exact and
 near, distributed) -> :mod:`stage` (``run``: passes, counts, atomic output).
 """
