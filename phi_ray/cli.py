@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=0.45, help="assumed MFU for step time")
     p.add_argument("--phase", choices=["pretrain", "finetune", "both"], default="both")
 
+    p = sub.add_parser(
+        "ablate",
+        help="pretrain on classifier-filtered vs random code at equal tokens, x seeds; compare",
+        description="From a run's corpus and scores (through `score`), pretrain the same model "
+        "on equal tokens of each arm and compare HumanEval solution loss, held-out loss and "
+        "pass@k; writes <run>/ablate/ and prints the table. Resumes arm by arm.",
+    )
+    _common(p)
+    p.add_argument("--arms", default=None, help="filtered,random[,lowest] (ablate.arms)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (ablate.seeds)")
+    p.add_argument("--to", dest="stop", choices=["data", "train", "evaluate"],
+                   help="last phase to run (default: evaluate, i.e. everything)")  # fmt: skip
+
     p = sub.add_parser("config", help="show the resolved configuration of a preset")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     show = csub.add_parser("show", help="print the resolved config as YAML")
@@ -129,6 +142,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, key.replace(".", "__"), None)
         if value is not None:
             out.append(f"{key}={value}")
+    if args.command == "ablate" and args.arms:
+        out.append(f"ablate.arms=[{args.arms}]")
+    if args.command == "ablate" and args.seeds is not None:
+        out.append(f"ablate.seeds={args.seeds}")
     if args.command == "synth" and args.kind != "all":
         out.append(f"synth.kinds=[{args.kind}]")
     return out
@@ -171,6 +188,18 @@ def _run_stage(cfg: Config, name: str, force: bool) -> int:
         print(f"[{name}] {state} -> {res.path}")
         if res.counts:
             print("  " + ", ".join(f"{k}={v}" for k, v in res.counts.items()))
+    return 0
+
+
+def _ablate(cfg: Config, stop: str | None) -> int:
+    from phi_ray.ablate import run as ablate
+    from phi_ray.runs import RunDir
+
+    res = ablate(cfg, RunDir.from_config(cfg), to=stop)
+    print(f"[ablate{'' if stop in (None, 'evaluate') else ' --to ' + stop}] "
+          f"{'up to date; skipped' if res.skipped else 'done'} -> {res.path}")  # fmt: skip
+    if res.success.get("table"):
+        print(res.success["table"])
     return 0
 
 
@@ -218,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             _print_next_steps(cfg)
             return 0
+        if args.command == "ablate":
+            return _ablate(cfg, args.stop)
         return _run_stage(cfg, args.command, getattr(args, "force", False))
     except (FileNotFoundError, ValueError) as e:
         print(f"phi-ray {args.command}: {e}", file=sys.stderr)

@@ -579,6 +579,38 @@ class ServeConfig:
 
 
 @dataclass
+class AblateConfig:
+    """`phi-ray ablate`: pretrain the same model on equal tokens of each arm, x seeds.
+
+    Arms: ``filtered`` (the classifier's kept files), ``random`` (a seeded uniform sample of
+    the unfiltered corpus), ``lowest`` (the lowest-scored files). A held-out random sample of
+    the corpus is excluded from every arm and is every arm's validation set.
+    """
+
+    arms: list[str] = field(default_factory=lambda: ["filtered", "random"])
+    seeds: int = 2  # pretraining seeds per arm (init and batch order)
+    max_steps: int | None = None  # None: pretrain.max_steps (the same for every arm)
+    holdout_fraction: float = 0.02  # of the corpus, by a seeded hash of each file's id
+    random_oversample: float = 1.5  # random arm draws this x the kept fraction, then is cut
+    eval_windows: int = 256  # held-out windows for the final validation loss
+    eval_batch_size: int = 8
+    passk_limit: int | None = None  # problems per benchmark for pass@k; None: evaluate.limit
+    parallel_runs: int = 1  # arm x seed Ray Train runs at once (a cluster with room: more)
+
+    def __post_init__(self) -> None:
+        bad = set(self.arms) - {"filtered", "random", "lowest"}
+        _check(not bad, "arms", f"unknown arms {sorted(bad)}; use filtered, random, lowest")
+        _check(len(set(self.arms)) == len(self.arms) >= 2, "arms", "needs two distinct arms")
+        _check(self.seeds > 0, "seeds", "must be > 0")
+        _check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0")
+        _check(0.0 < self.holdout_fraction < 0.5, "holdout_fraction", "must be in (0, 0.5)")
+        _check(self.random_oversample >= 1.0, "random_oversample", "must be >= 1")
+        _check(self.eval_windows > 0 and self.eval_batch_size > 0, "eval_windows", "must be > 0")
+        _check(self.passk_limit is None or self.passk_limit > 0, "passk_limit", "must be > 0")
+        _check(self.parallel_runs > 0, "parallel_runs", "must be > 0")
+
+
+@dataclass
 class EstimateConfig:
     """Inputs of `phi-ray estimate`: prices, throughputs and average request sizes."""
 
@@ -631,6 +663,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
 
     def __post_init__(self) -> None:
         _check(

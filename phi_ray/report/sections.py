@@ -406,3 +406,50 @@ def _estimate_table(cfg: Any, run: RunDir) -> str:
         "GPT-4 annotation, GPT-3.5 textbooks and exercises) is put at about $6,500; "
         "<code>phi-ray estimate --preset phi1</code> prices that recipe with these formulas.</p>"
     )
+
+
+def ablation(run: RunDir) -> str | None:
+    """``phi-ray ablate``: each arm's curves, the solution-loss table (mean ± spread over
+    seeds) and pass@1 beside the paper's 350M filtered / unfiltered figures."""
+    summary = _read_json(run, "ablate", "summary.json")
+    if not summary:
+        return None
+    arms = summary.get("arms", {})
+    data = summary.get("data", {})
+    html = (
+        f"<p>{len(arms)} arms of {data.get('equal_tokens') or 0:,} training tokens each "
+        f"({data.get('equal_windows')} windows); held-out set: {data.get('heldout_windows')} "
+        "windows of the corpus, in no arm. Mean ± sample standard deviation over seeds.</p>"
+    )
+    for key, title in (("val_loss", "held-out loss"), ("loss", "training loss")):
+        series = {}
+        for unit in summary.get("units", []):
+            rows = _read_jsonl(run, "ablate", "arms", unit, "curve.jsonl")
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                series[unit] = ([p[0] for p in pts], [p[1] for p in pts])
+        if series:
+            html += plots.lines(series, f"ablation: {title} by step", ylabel="loss (nats)")
+
+    def ms(s: Any, pct: bool = False) -> str:
+        if not isinstance(s, dict) or s.get("mean") is None:
+            return "-"
+        f = 100.0 if pct else 1.0
+        return f"{f * s['mean']:.4g} ± {f * s['std']:.2g}"
+
+    benches = sorted({k[: -len("_solution_loss")] for m in arms.values() for k in m
+                      if k.endswith("_solution_loss")})  # fmt: skip
+    paper = summary.get("paper_350m_humaneval_pass1", {})
+    header = ["arm", "seeds", *[f"{b} solution loss" for b in benches], "held-out loss",
+              "HumanEval pass@1 (%)", "paper 350M pass@1 (%)"]  # fmt: skip
+    rows = [
+        [arm, len(m.get("seeds", [])), *[ms(m.get(f"{b}_solution_loss")) for b in benches],
+         ms(m.get("heldout_loss")), ms(m.get("humaneval_pass@1"), pct=True),
+         paper.get(arm, "-")]
+        for arm, m in arms.items()
+    ]  # fmt: skip
+    return html + plots.table(rows, header) + (
+        "<p class='note'>Solution loss: mean per-token loss of the benchmark's canonical "
+        "solutions given their prompts, solution tokens only. The paper's figures are its "
+        "350M model on the filtered vs the unfiltered Stack (random = unfiltered).</p>"
+    )

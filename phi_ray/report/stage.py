@@ -34,6 +34,7 @@ def _sections(cfg: Config, run: RunDir) -> list[tuple[str, str | None]]:
         ("Pretraining", sections.training(run, "pretrain")),
         ("Finetuning", sections.training(run, "finetune")),
         ("Evaluation: pass@k beside the paper", sections.evaluation(run)),
+        ("Ablation: classifier-filtered vs random code at equal tokens", sections.ablation(run)),
         ("Cost and time", sections.costs(run, cfg)),
     ]
 
@@ -64,7 +65,7 @@ def render(cfg: Config, run: RunDir) -> tuple[str, int]:
 
 def run(cfg: Config, run: RunDir) -> StageResult:
     """Write ``report/report.html`` and a copy at ``<run>/report.html``."""
-    upstream = tuple(s for s in ORDER if s != "report")
+    upstream = (*(s for s in ORDER if s != "report"), "ablate")  # ablate: its own command
     with run.stage("report", run.config_hash(cfg, ("run",), upstream)) as out:
         if out.skipped:
             return out.result

@@ -231,3 +231,32 @@ def pretrain(cfg: Config, run: RunDir) -> StageResult:
 def finetune(cfg: Config, run: RunDir) -> StageResult:
     """Finetune ``pretrain/model/`` on ``pack/finetune``; exports the best ``finetune/model/``."""
     return _train(cfg, run, "finetune")
+
+
+def train_on_tokens(
+    cfg: Config,
+    run: RunDir,
+    train_path: str,
+    val_path: str | None,
+    out_dir: str,
+    name: str,
+    storage: str,
+    phase: str = "pretrain",
+) -> dict[str, Any]:
+    """One Ray Train run of ``phase``'s settings from scratch on the windows at ``train_path``.
+
+    Exports ``<out_dir>/model`` and copies ``metrics.jsonl`` beside it; ``cfg.run.seed`` seeds
+    the init and the batch order. Checkpoints go to ``<storage>/ray-<name>``, so a rerun with
+    the same ``name`` resumes from the latest one. ``phi-ray ablate`` trains each arm x seed
+    through here (the pretrain stage's own inputs and outputs are fixed to ``pack/``).
+    """
+    logs = log_spec(cfg, run, phase, name)
+    loop_cfg = loop_config(cfg, run, phase, None, logs)
+    loop_cfg.update(train_path=train_path, val_path=val_path)
+    trainer = make_trainer(cfg, run, phase, storage, f"ray-{name}", loop_cfg)
+    with _ctrl_c_is_an_interrupt(f"{storage}/ray-{name}"):
+        result = trainer.fit()
+    info = _export(result, cfg, phase, run, out_dir)
+    _copy(f"{logs['metrics']}/metrics.jsonl", f"{out_dir}/metrics.jsonl")
+    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    return {**info, "final_metrics": final, "checkpoint": result.checkpoint.path}
