@@ -61,11 +61,7 @@ def read_stack(
     """
     import ray
 
-    try:
-        names = open_parquet(files[0], filesystem).schema_arrow.names
-    except (OSError, pa.ArrowException) as e:
-        raise CorpusError(f"{where}: cannot read Parquet schema of {files[0]}: {e}") from None
-    _stack_columns(names, where, files[0])
+    _check_layout(files, filesystem, where)
     meta = {"source": source_name(src), "license": src.license or "", "max_bytes": max_bytes}
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
     ds = ds.map_batches(
@@ -78,6 +74,21 @@ def read_stack(
         fn_kwargs={"filesystem": filesystem, **meta},
     )
     return ds.limit(src.max_files) if src.max_files else ds
+
+
+def _check_layout(files: list[str], filesystem: Any, where: str) -> None:
+    """The first readable file must be Stack-layout (a clear error for a wrong source);
+    unreadable ones before it are left to the readers, which count them."""
+    first_error = None
+    for path in files:
+        try:
+            names = open_parquet(path, filesystem).schema_arrow.names
+        except (OSError, pa.ArrowException) as e:
+            first_error = first_error or f"{path}: {e}"
+            continue
+        _stack_columns(names, where, path)
+        return
+    raise CorpusError(f"{where}: no readable Parquet file (first error: {first_error})")
 
 
 def open_parquet(path: str, filesystem: Any) -> Any:

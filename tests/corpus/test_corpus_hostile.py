@@ -400,17 +400,26 @@ def test_stack_files_with_clashing_schemas_read_in_parallel(ray_session, tmp_pat
         stack_table([b"z = 3\n" * 30, b"\xff" * 9], paths=[7, 8], content_type=pa.binary()),
         d / "b.parquet",
     )
-    (d / "c.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    (d / "0.parquet").write_bytes(b"PAR1 this is not parquet PAR1")  # sorts first
     os.mkfifo(d / "d.parquet")
     ds = read_source(SourceConfig(kind="stack_parquet", path=str(d)), 10**6)
     rows = {r["path"]: r["drop"] for r in _bounded(ds.take_all, 120)}
     assert rows == {
         "7": "",
         "8": "not_utf8",
-        str(d / "c.parquet"): "unreadable",
+        str(d / "0.parquet"): "unreadable",
         "src/m0.py": "",
         "src/m1.py": "",
     }  # the FIFO d.parquet is left out of the listing (a warning), never opened
+    # A source with no readable file, or not in The Stack's layout, is a clear error.
+    bad, other = tmp_path / "bad", tmp_path / "other"
+    bad.mkdir(), other.mkdir()
+    (bad / "x.parquet").write_bytes(b"nope")
+    pq.write_table(pa.table({"text_body": ["x"]}), other / "x.parquet")
+    with pytest.raises(CorpusError, match="no readable Parquet file"):
+        read_source(SourceConfig(kind="stack_parquet", path=str(bad)), 10**6)
+    with pytest.raises(CorpusError, match="has no 'content' column"):
+        read_source(SourceConfig(kind="stack_parquet", path=str(other)), 10**6)
 
 
 def test_hub_reads_parquet_in_parallel_through_an_fsspec_filesystem(ray_session, tmp_path):
