@@ -51,6 +51,30 @@ _SCHEMA = (
         request_id TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0
     )""",
+    # What every answer in ``responses`` cost, kept by triggers (every writer, the object
+    # store merge included): a budget check reads one row instead of summing the table.
+    """CREATE TABLE IF NOT EXISTS spend (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        tokens INTEGER NOT NULL,
+        usd REAL NOT NULL
+    )""",
+    """INSERT OR IGNORE INTO spend SELECT 1,
+        COALESCE(SUM(prompt_tokens + completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)
+        FROM responses""",
+    """CREATE TRIGGER IF NOT EXISTS spend_ins AFTER INSERT ON responses BEGIN
+        UPDATE spend SET tokens = tokens + NEW.prompt_tokens + NEW.completion_tokens,
+            usd = usd + NEW.cost_usd WHERE id = 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS spend_upd AFTER UPDATE ON responses BEGIN
+        UPDATE spend SET
+            tokens = tokens + NEW.prompt_tokens + NEW.completion_tokens
+                - OLD.prompt_tokens - OLD.completion_tokens,
+            usd = usd + NEW.cost_usd - OLD.cost_usd WHERE id = 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS spend_del AFTER DELETE ON responses BEGIN
+        UPDATE spend SET tokens = tokens - OLD.prompt_tokens - OLD.completion_tokens,
+            usd = usd - OLD.cost_usd WHERE id = 1;
+    END""",
 )
 # Columns added after the first schema (ALTERed into older cache files).
 _EXTRA = {
@@ -61,6 +85,10 @@ _EXTRA = {
     "endpoint": "TEXT NOT NULL DEFAULT ''",
     "prompt_bound": "INTEGER NOT NULL DEFAULT 0",
     "max_out": "INTEGER NOT NULL DEFAULT 0",  # max_tokens * n asked for
+}
+_EXTRA_INFLIGHT = {  # each lease's budget reservation (worst case), for cross-process caps
+    "res_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "res_usd": "REAL NOT NULL DEFAULT 0.0",
 }
 
 
@@ -158,6 +186,8 @@ class ResponseCache:
         # Checkpoints (WAL -> database, with an fsync) run in a helper thread, not inside a
         # commit on the event loop's thread, where an fsync on a busy disk stalls every call.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        # INSERT OR REPLACE deletes the old row: its DELETE trigger must fire (spend stays true)
+        self._db.execute("PRAGMA recursive_triggers=ON")
         with self._tx():
             migrate(self._db)
         self._closing = threading.Event()
@@ -192,17 +222,22 @@ class ResponseCache:
             ).fetchone()
         return _answer(row) if row else None
 
-    def put_raw(self, key: str, raw: bytes, sent: Sent) -> None:
+    def put_raw(
+        self, key: str, raw: bytes, sent: Sent, provisional: tuple[int, float] = (0, 0.0)
+    ) -> None:
         """Commit a body the moment it arrives, before anyone parses it; the key's
-        write-ahead record ends in the same transaction."""
+        write-ahead record ends in the same transaction. Until it is parsed, the row
+        counts ``provisional`` (the call's reservation) as spent."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO responses (key, model, texts, prompt_tokens, "
                 "completion_tokens, cost_usd, created_at, status, raw, kind, endpoint, "
-                "prompt_bound, max_out) VALUES (?, ?, '[]', 0, 0, 0.0, ?, 'raw', ?, ?, ?, ?, ?)",
+                "prompt_bound, max_out) VALUES (?, ?, '[]', ?, 0, ?, ?, 'raw', ?, ?, ?, ?, ?)",
                 (
                     key,
                     sent.model,
+                    provisional[0],
+                    provisional[1],
                     time.time(),
                     raw,
                     sent.kind,
@@ -245,13 +280,22 @@ class ResponseCache:
         return len(rows)
 
     # -- write-ahead records and leases -----------------------------------------------------
-    def claim(self, key: str, sent: Sent, lease_s: float) -> tuple[str, object]:
+    def claim(
+        self,
+        key: str,
+        sent: Sent,
+        lease_s: float,
+        reserve: tuple[int, float] = (0, 0.0),
+        caps: tuple[int | None, float | None] = (None, None),
+    ) -> tuple[str, object]:
         """Take (or renew) the right to pay for ``key``, atomically across processes.
 
         ("done", answer) when it is answered already; ("raw", (body, sent)) when it is paid
         but not parsed yet (the caller settles it); ("busy", owner) when another live
-        owner holds a lease; ("mine", previous owner or None) otherwise — the write-ahead
-        record is then committed, so a crash after this point is visible to a rerun.
+        owner holds a lease; ("refused", why) when the spend of every process on this
+        cache, plus their live reservations, plus ``reserve`` would pass ``caps``; ("mine",
+        previous owner or None) otherwise — the write-ahead record (with ``reserve``) is
+        then committed, so a crash after this point is visible to a rerun.
         """
         now = time.time()
         with self._tx() as db:
@@ -270,9 +314,23 @@ class ResponseCache:
             ).fetchone()
             if cur and cur[0] != self.owner and cur[1] > now and owner_alive(cur[0]):
                 return "busy", cur[0]
+            if caps != (None, None):
+                why = _over_cap(db, key, now, reserve, caps)
+                if why:
+                    return "refused", why
             db.execute(
-                "INSERT OR REPLACE INTO inflight VALUES (?, ?, ?, ?, ?, ?)",
-                (key, self.owner, now + lease_s, now, sent.request_id, (cur[2] if cur else 0) + 1),
+                "INSERT OR REPLACE INTO inflight (key, owner, expires, started, request_id, "
+                "attempts, res_tokens, res_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    self.owner,
+                    now + lease_s,
+                    now,
+                    sent.request_id,
+                    (cur[2] if cur else 0) + 1,
+                    reserve[0],
+                    reserve[1],
+                ),
             )
             return "mine", (cur[0] if cur and cur[0] != self.owner else None)
 
@@ -307,11 +365,9 @@ class ResponseCache:
     def totals(self) -> tuple[int, float, int]:
         """(tokens, USD, answers) paid for so far, across every session of this cache."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0), "
-                "COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM responses"
-            ).fetchone()
-        return int(row[0]), float(row[1]), int(row[2])
+            tokens, usd = self._db.execute("SELECT tokens, usd FROM spend").fetchone()
+            (n,) = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()
+        return int(tokens), float(usd), int(n)
 
     def out_ratio(self) -> float | None:
         """The most completion tokens an answer used per token of max_tokens asked for
@@ -347,13 +403,44 @@ def _answer(row: tuple) -> CachedAnswer:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Create the tables, and add the columns later versions need to an older file."""
-    for stmt in _SCHEMA:
+    """Create the tables and triggers, and add the columns later versions need to an older
+    file."""
+    for table, extra in (("responses", _EXTRA), ("inflight", _EXTRA_INFLIGHT)):
+        db.execute(_SCHEMA[0 if table == "responses" else 1])
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        for col, decl in extra.items():
+            if col not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
+    for stmt in _SCHEMA[2:]:
         db.execute(stmt)
-    have = {r[1] for r in db.execute("PRAGMA table_info(responses)")}
-    for col, decl in _EXTRA.items():
-        if col not in have:
-            db.execute(f"ALTER TABLE responses ADD COLUMN {col} {decl}")
+
+
+def _over_cap(
+    db: sqlite3.Connection,
+    key: str,
+    now: float,
+    reserve: tuple[int, float],
+    caps: tuple[int | None, float | None],
+) -> str | None:
+    """Why ``reserve`` would pass a cap, counting every process's spend and live leases."""
+    tokens, usd = db.execute("SELECT tokens, usd FROM spend").fetchone()
+    held_t, held_u = db.execute(
+        "SELECT COALESCE(SUM(res_tokens), 0), COALESCE(SUM(res_usd), 0.0) FROM inflight "
+        "WHERE key != ? AND expires > ?",
+        (key, now),
+    ).fetchone()
+    if caps[0] is not None and tokens + held_t + reserve[0] > caps[0]:
+        return (
+            f"token budget reached: {tokens:,} of llm.budget_tokens={caps[0]:,} spent by every "
+            f"process on this cache, {held_t:,} reserved, the next call may need {reserve[0]:,}"
+        )
+    if caps[1] is not None and usd + held_u + reserve[1] > caps[1]:
+        return (
+            f"dollar budget reached: ${usd:.4f} of llm.budget_usd=${caps[1]:.4f} spent by every "
+            f"process on this cache, ${held_u:.4f} reserved, the next call may cost "
+            f"${reserve[1]:.4f}"
+        )
+    return None
 
 
 class _Tx:

@@ -154,6 +154,7 @@ class LLMClient:
             if self.cache is not None:
                 self._recover()
                 ratio = self.cache.out_ratio()
+                self._t.ratio = max(1.0, ratio or 1.0)
             # The budget counts what this cache has paid for in earlier runs too.
             spent = self.cache.totals()[:2] if self.cache is not None else (0, 0.0)
             ttl = self.cfg.timeout_s * 1.5 + 30.0

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 from collections import Counter
 from typing import Any
@@ -66,6 +67,9 @@ class Transport:
         self.fatal: LLMError | None = None
         self.endpoint = endpoint_id(cfg)
         self.lease_s = cfg.timeout_s * 1.5 + 30.0
+        # Budgets checked in the cache too, so processes that share it share the cap.
+        self.caps = (cfg.budget_tokens, cfg.budget_usd)
+        self.ratio = 1.0  # most output per max_tokens seen (the cache's history, then ours)
 
     def openai(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
@@ -102,6 +106,8 @@ class Transport:
         """
         worst = self.worst(req, model, params)
         sent = Sent(req.id, req.kind, model, self.endpoint, worst.prompt, worst.out)
+        out = math.ceil(worst.out * self.ratio)
+        reserve = (worst.prompt + out, (worst.prompt * worst.usd_in + out * worst.usd_out) / 1e6)
         last = "no attempt made"
         for attempt in range(1, self.cfg.max_attempts + 1):
             if self.stop or self.fatal:
@@ -115,9 +121,12 @@ class Transport:
                 if self.cache is not None:
                     # The write-ahead record, taken with the slot in hand so the lease is
                     # fresh when the request leaves; renewed at every attempt.
-                    state, info = self.cache.claim(key, sent, self.lease_s)
+                    state, info = self.cache.claim(key, sent, self.lease_s, reserve, self.caps)
                     if state == "done":
                         return info
+                    if state == "refused":  # the budget, counted over every process
+                        self.stop = self.stop or str(info)
+                        return PENDING
                     if state == "raw":
                         return self.settle(key, *info)
                     if state == "busy":
@@ -132,7 +141,7 @@ class Transport:
                 # A 200 is paid: keep its body before anything else can fail or wait.
                 raw = resp.content
                 if self.cache is not None:
-                    self.cache.put_raw(key, raw, sent)
+                    self.cache.put_raw(key, raw, sent, reserve)
                 ans = parse_body(raw, sent, self.cfg.prices)
                 if self.cache is not None:
                     self.cache.settle(key, ans)
@@ -140,6 +149,7 @@ class Transport:
                     ans.completion_tokens / worst.out if worst.out and ans.status == "ok" else None
                 )
                 paid = (ans.prompt_tokens + ans.completion_tokens, ans.cost_usd, ratio)
+                self.ratio = max(self.ratio, ratio or 1.0)
                 acc.cached = False
                 acc.prompt_tokens += ans.prompt_tokens
                 acc.completion_tokens += ans.completion_tokens

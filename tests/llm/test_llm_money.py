@@ -146,7 +146,9 @@ def test_leases_of_dead_local_owners_and_expired_remote_owners_are_taken_over(tm
     with sqlite3.connect(cache.path) as db:
         for key, owner, expires in rows:
             db.execute(
-                "INSERT INTO inflight VALUES (?, ?, ?, ?, 'r', 1)", (key, owner, expires, now)
+                "INSERT INTO inflight (key, owner, expires, started, request_id) "
+                "VALUES (?, ?, ?, ?, 'r')",
+                (key, owner, expires, now),
             )
     assert cache.claim("live-remote", sent, 60) == ("busy", rows[0][1])
     for key, owner, _ in rows[1:]:
@@ -361,3 +363,29 @@ def test_a_request_cannot_lift_the_output_cap_its_budget_reserved(tmp_path):
                      cache_dir=str(tmp_path))  # fmt: skip
         assert [b["max_tokens"] for b in srv.bodies] == [64]  # None is the configured cap
         assert [r.id for r in batch.results] == ["none"] and batch.pending == ["big"]
+
+
+def test_clients_sharing_a_cache_share_its_budget(tmp_path):
+    import threading
+
+    budget = 300  # each client alone would spend ~200 of it: together they would pass it
+    with OpenAITestServer(_score, latency_s=0.05, honor_max_tokens=True) as srv:
+        cfg = _cfg(srv, budget_tokens=budget, max_tokens=16, max_concurrency=4)
+        out: dict[str, object] = {}
+
+        def work(prefix: str) -> None:  # its own client, limiter and ledger: another worker
+            out[prefix] = _run(cfg=cfg, requests=_reqs(60, prefix), cache_dir=str(tmp_path))
+
+        threads = [threading.Thread(target=work, args=(p,)) for p in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        billed = srv.calls["prompt_tokens"] + srv.calls["completion_tokens"]
+        summary = {
+            p: (len(b.results), len(b.failures), len(b.pending), b.budget_message)
+            for p, b in out.items()
+        }
+        assert all(out[p].stopped_by_budget for p in ("a", "b")), summary
+        assert billed <= budget
+        assert min(len(out[p].results) for p in ("a", "b")) > 0  # both got to spend
