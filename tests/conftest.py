@@ -166,3 +166,25 @@ def local_head():
 
 
 sys.path.insert(0, str(REPO / "tests"))
+
+
+# The sandbox attack suite's fixtures (tests/sandbox/kit.py; see there why not a conftest).
+@pytest.fixture(scope="session")
+def sandbox():
+    from tests.sandbox.kit import sandbox_pool
+
+    yield from sandbox_pool()
+
+
+@pytest.fixture
+def listener():
+    from tests.sandbox.kit import listener_server
+
+    yield from listener_server()
+
+
+@pytest.fixture
+def secret_file():
+    from tests.sandbox.kit import planted_secret
+
+    yield from planted_secret()

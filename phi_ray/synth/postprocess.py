@@ -42,6 +42,7 @@ def checks_from(synth: Any) -> Checks:
         exec_memory_mb=synth.exec_memory_mb,
         drop_failing=synth.drop_failing,
         require_examples=synth.require_examples,
+        allow_weak_sandbox=synth.allow_weak_sandbox,
     )
 
 

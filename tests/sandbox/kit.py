@@ -1,4 +1,9 @@
-"""Shared pieces of the sandbox attack suite: one problem, real listeners, a planted secret."""
+"""Shared pieces of the sandbox attack suite: one problem, real listeners, a planted secret.
+
+Not a ``conftest.py``: pytest imports every conftest as the module ``conftest``, so a second
+one would shadow the root conftest that other test files import helpers from. The fixtures
+are registered in ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -22,15 +27,13 @@ def job(completion: str) -> Check:
     return Check(PROMPT, completion, TEST, "add")
 
 
-@pytest.fixture(scope="package")
-def sandbox():
+def sandbox_pool():
     """The strongest sandbox this host gives (the suite is written for ``strong``)."""
     with Sandbox(LIMITS, parallel=2, allow_weak=True) as sb:
         yield sb
 
 
-@pytest.fixture
-def listener():
+def listener_server():
     """A real TCP server on 127.0.0.1 that records whether anyone connected."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -56,8 +59,7 @@ def listener():
     srv.close()
 
 
-@pytest.fixture
-def secret_file():
+def planted_secret():
     """A world-readable file in a world-readable directory outside the interpreter."""
     path = "/var/tmp/phi-ray-secret-" + os.urandom(4).hex()
     with open(path, "w") as f:

@@ -12,7 +12,7 @@ import pytest
 
 from phi_ray.sandbox import Limits, Sandbox, Script, signal_name
 from phi_ray.sandbox.jobs import verdict
-from tests.sandbox.conftest import MODE, RIGHT, job
+from tests.sandbox.kit import MODE, RIGHT, job
 
 pytestmark = pytest.mark.skipif(
     MODE == "none", reason="no namespaces on this host: fork bombs would not be contained"

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from phi_ray.sandbox import Limits, Sandbox, Script
-from tests.sandbox.conftest import LIMITS, MODE, RIGHT, job
+from tests.sandbox.kit import LIMITS, MODE, RIGHT, job
 from tests.sandbox.test_modes import UNMOUNT
 
 pytestmark = pytest.mark.skipif(

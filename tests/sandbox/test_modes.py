@@ -14,7 +14,7 @@ from phi_ray.evaluate.execute import sandbox_from_config
 from phi_ray.sandbox import Limits, Sandbox, Script, WeakSandboxError
 from phi_ray.sandbox.jail import landlock_abi
 from phi_ray.synth import sandbox as synth_sandbox
-from tests.sandbox.conftest import MODE, RIGHT, WRONG, job
+from tests.sandbox.kit import MODE, RIGHT, WRONG, job
 from tests.sandbox.test_verdict_forgery import FORGERIES
 
 UNMOUNT = (

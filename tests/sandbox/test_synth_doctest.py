@@ -9,7 +9,7 @@ import time
 import pytest
 
 from phi_ray.synth import sandbox
-from tests.sandbox.conftest import MODE
+from tests.sandbox.kit import MODE
 
 pytestmark = pytest.mark.skipif(
     MODE != "strong", reason="synth refuses a weak sandbox (tested in test_modes)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from tests.sandbox.conftest import PROMPT, RIGHT, WRONG, job
+from tests.sandbox.kit import PROMPT, RIGHT, WRONG, job
 
 FORGERIES = {
     "os_exit_at_load": WRONG + "import os\nos._exit(0)\n",
