@@ -78,10 +78,14 @@ def _train(cfg: Config, run: RunDir, work: RunDir, arm: str, seed: int) -> Stage
         if out.skipped:
             return out.result
         data = work.path("data")
-        info = train_on_tokens(
-            tcfg, run, f"{data}/{arm}/train", f"{data}/{arms_mod.HELDOUT}/train",
-            out.tmp, f"ablate-{arm}-s{seed}-{h}", work.path("ray"),
-        )  # fmt: skip
+        args = (tcfg, run, f"{data}/{arm}/train", f"{data}/{arms_mod.HELDOUT}/train", out.tmp,
+                f"ablate-{arm}-s{seed}-{h}", work.path("ray"))  # fmt: skip
+        if cfg.ablate.parallel_runs == 1:
+            info = train_on_tokens(*args)
+        else:  # each run's driver in a Ray task, as Ray Tune drives Train V2 runs
+            import ray
+
+            info = ray.get(ray.remote(num_cpus=0)(train_on_tokens).remote(*args))
         return out.finish(counts={"steps": info["steps"]}, arm=arm, seed=seed, **info)
 
 

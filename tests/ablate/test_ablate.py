@@ -169,3 +169,22 @@ def test_killed_ablation_resumes_with_equal_arms_and_finished_ones_skipped(tmp_p
     for p in after:
         s = json.load(open(p))
         assert s["steps"] == 2 and os.path.exists(os.path.join(os.path.dirname(p), "model"))
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    from phi_ray.ablate.stage import summarize, table
+
+    def unit(arm, seed, sl, held, p1):
+        return {"arm": arm, "seed": seed, "solution_loss": {"humaneval": {"loss": sl}},
+                "heldout_loss": {"loss": held}, "pass_at_k": {"humaneval": {"pass@1": p1}},
+                "final_train_metrics": {"loss": 5.0}}  # fmt: skip
+
+    rows = [unit("filtered", 1, 4.0, 6.0, 0.0), unit("filtered", 2, 5.0, 6.5, 0.05),
+            unit("random", 1, 3.0, 7.0, 0.0)]  # fmt: skip
+    s = summarize(rows, ["filtered", "random"])
+    f = s["filtered"]["humaneval_solution_loss"]
+    assert f["mean"] == 4.5 and f["std"] == pytest.approx(np.std([4.0, 5.0], ddof=1))
+    assert s["random"]["humaneval_solution_loss"]["std"] == 0.0  # one seed: no spread
+    assert s["filtered"]["seeds"] == [1, 2]
+    text = table(s, 1000)
+    assert "4.5000 ± 0.7071" in text and "2.50% ± 3.54" in text and "1,000" in text
