@@ -103,15 +103,15 @@ def render(cfg: Config, phase: str, gpu_key: str, nodes: int, mfu: float) -> str
     tc: TrainConfig = getattr(cfg, phase)
     world = gpu.per_node * nodes
     seq = cfg.pack.seq_len
+    all_rows = rows(cfg, phase, gpu, nodes, mfu)
     lines = [
         f"{phase}: {cfg.run.name}, {cfg.model.n_layer} layers x {cfg.model.hidden_size}, "
         f"seq {seq}, global batch {tc.global_batch}, micro-batch {tc.micro_batch}, "
         f"{world} x {gpu.name} ({gpu.memory_gib:.1f} GiB, {gpu_key}), {nodes} node(s); "
         f"configured: {tc.strategy}, checkpointing {tc.activation_checkpointing}",
         f"GiB per GPU at micro-batch {tc.micro_batch} (bf16 autocast; usable "
-        f"{rows(cfg, phase, gpu, nodes, mfu)[0].plan.usable / GIB:.1f} GiB after reserve):",
+        f"{all_rows[0].plan.usable / GIB:.1f} GiB after reserve):",
     ]
-    all_rows = rows(cfg, phase, gpu, nodes, mfu)
     keys = list(all_rows[0].plan.terms)
     head = f"  {'strategy':8} {'ckpt':9} " + " ".join(f"{k[:11]:>11}" for k in keys)
     lines.append(head + f" {'total':>7} {'fits':>4} {'max mb':>6} {'accum':>5} {'step s':>7}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import stdlib_python_files
 from sklearn.ensemble import RandomForestClassifier
 
@@ -126,3 +127,15 @@ def test_batches_by_token_budget():
     rows = [[1, 2, 3], [4] * 40, [5, 6], [7] * 9, [8]]
     one = np.stack([e.embed_tokens([r])[0] for r in rows])
     np.testing.assert_allclose(e.embed_tokens(rows), one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_sdpa_bf16_on_gpu_matches_eager_fp32(texts):
+    """On a GPU the embedder runs SDPA in bf16; its vectors match the fp32 eager reference."""
+    gpu = Embedder(_cfg(tiny_hidden=256, tiny_heads=8, max_length=512), device="cuda", seed=3)
+    ref = Embedder(_cfg(tiny_hidden=256, tiny_heads=8, max_length=512, attn_implementation="eager"), seed=3)  # fmt: skip
+    assert gpu.model.dtype == torch.bfloat16 and gpu.model.config._attn_implementation == "sdpa"
+    rows = gpu.tokenize(texts)
+    a, b = gpu.embed_tokens(rows), ref.embed_tokens(rows)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.999, cos.min()
