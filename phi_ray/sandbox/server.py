@@ -160,6 +160,9 @@ def _sample_pids(cfg: dict, cand: int, judge_pid: int) -> set[int]:
 def _kill_all(cfg: dict, roots: set[int]) -> dict[int, int]:
     """SIGKILL every process of the sample and reap it; returns {pid: wait status}."""
     statuses: dict[int, int] = {}
+    if cfg["pidns"] and os.getpid() != 1:
+        # kill(-1) outside a PID namespace, as root, would kill every process on the host.
+        raise RuntimeError("sandbox: pidns mode but this process is not its namespace's init")
     if cfg["pidns"]:
         # As init: one kill(-1) reaches every process in the namespace, and the kernel
         # aborts any fork racing with it, so blocking waits end.
