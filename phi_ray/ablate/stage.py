@@ -44,8 +44,9 @@ def _h(*parts: Any) -> str:
 
 
 def units(cfg: Config) -> list[tuple[str, int]]:
-    """(arm, seed) of every training run, arms outermost: same seeds for every arm."""
-    return [(arm, cfg.run.seed + k) for arm in cfg.ablate.arms for k in range(cfg.ablate.seeds)]
+    """(arm, seed) of every training run, the same seeds for every arm. Seeds outermost: an
+    interrupted ablation already has every arm at its first seeds, a comparison to look at."""
+    return [(arm, cfg.run.seed + k) for k in range(cfg.ablate.seeds) for arm in cfg.ablate.arms]
 
 
 def train_config(cfg: Config, seed: int) -> Config:
