@@ -111,3 +111,17 @@ def jaccard(text_a: str, text_b: str, ngram: int) -> float:
     a, b = shingle_hashes(text_a, ngram), shingle_hashes(text_b, ngram)
     inter = len(np.intersect1d(a, b, assume_unique=True))
     return inter / (len(a) + len(b) - inter)
+
+
+def band_key_lists(texts, num_perm: int, ngram: int, bands: int, rows: int, seed: int = 1):
+    """A ``list<uint64>`` Arrow array of each text's LSH band keys: the ``bands`` column
+    :func:`phi_ray.corpus.dedup.remove_near_duplicates` reads (ingest's own scheme)."""
+    import pyarrow as pa
+
+    texts = list(texts)
+    if not texts:
+        return pa.array([], type=pa.list_(pa.uint64()))
+    sigs = np.stack([signature(t, num_perm, ngram, seed) for t in texts])
+    keys = band_keys(sigs, bands, rows)  # (n, bands)
+    offsets = np.arange(0, keys.size + 1, bands, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(keys.reshape(-1)))

@@ -1,7 +1,10 @@
-"""Validation on Ray Data, exact and near-duplicate removal, and output rows.
+"""Validation, near-duplicate removal, the cap and the output, on Ray Data.
 
-Validation (which runs sandboxed subprocesses) and MinHash signatures are computed in
-Ray Data workers, batch by batch; the driver only collects rows and runs LSH banding.
+Validation (which runs sandboxed subprocesses) and LSH band keys are computed batch by
+batch. :func:`finish` takes a dataset read from storage and keeps it in Ray end to end:
+ingest's distributed near-dedup (:func:`phi_ray.corpus.dedup.remove_near_duplicates`),
+a cap by a threshold on a narrow key, and ``write_parquet``. The driver holds counts, the
+uids of near-duplicates, and the bounded diversity sample only.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi_ray.corpus.minhash import band_keys, lsh_params, signature
 from phi_ray.runs import RunDir
-from phi_ray.synth import dedup
 from phi_ray.synth.validate import Checks, validate_exercise, validate_textbook
 
 TEXTBOOK_COLUMNS = [
@@ -46,10 +49,15 @@ def checks_from(synth: Any) -> Checks:
     )
 
 
-def _validate_batch(
-    batch: pd.DataFrame, kind: str, checks: Checks, num_perm: int, ngram: int
-) -> pd.DataFrame:
-    """Ray Data UDF: one row per record with ``reason`` ("" = kept) and, if kept, ``_sig``."""
+def bands_of(text: str, synth: Any) -> np.ndarray:
+    """The LSH band keys of ``text`` under ``synth``'s dedup settings (ingest's MinHash)."""
+    b, r = lsh_params(synth.near_dup_threshold, synth.dedup_num_perm)
+    sig = signature(text, synth.dedup_num_perm, synth.dedup_ngram)
+    return band_keys(sig[None, :], b, r)[0]
+
+
+def _validate_batch(batch: pd.DataFrame, kind: str, checks: Checks, synth: Any) -> pd.DataFrame:
+    """Ray Data UDF: one row per record with ``reason`` ("" = kept) and, if kept, ``bands``."""
     out = []
     for rec in batch.to_dict("records"):
         if kind == "textbooks":
@@ -61,9 +69,8 @@ def _validate_batch(
         row = {**rec, **v, "n_examples": int(v.get("n_examples", 0))}
         row.pop("text", None)
         row["id"] = hashlib.sha256(text.encode()).hexdigest()
-        # Dropped rows get an empty signature (not None): one Arrow type for the column.
-        sig = dedup.signature(text, num_perm, ngram) if not v["reason"] else None
-        row["_sig"] = sig if sig is not None else np.zeros(0, np.uint64)
+        # Dropped rows get no band keys (not None): one Arrow type for the column.
+        row["bands"] = bands_of(text, synth) if not v["reason"] else np.zeros(0, np.uint64)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -77,12 +84,7 @@ def validate_records(records: list[dict[str, Any]], kind: str, synth: Any) -> li
     """
     if not records:
         return []
-    kwargs = {
-        "kind": kind,
-        "checks": checks_from(synth),
-        "num_perm": synth.dedup_num_perm,
-        "ngram": synth.dedup_ngram,
-    }
+    kwargs = {"kind": kind, "checks": checks_from(synth), "synth": synth}
     if len(records) <= synth.local_max:
         bs = synth.batch_size
         batches = [pd.DataFrame(records[i : i + bs]) for i in range(0, len(records), bs)]
@@ -97,25 +99,6 @@ def validate_records(records: list[dict[str, Any]], kind: str, synth: Any) -> li
         )
         rows = ds.take_all()
     return sorted(rows, key=lambda r: r["sample_index"])
-
-
-def remove_duplicates(
-    rows: list[dict[str, Any]], threshold: float, num_perm: int
-) -> tuple[list[dict[str, Any]], Counter]:
-    """Drop exact (same id) then near duplicates, keeping the earliest row of each group."""
-    drops: Counter = Counter()
-    seen: set[str] = set()
-    unique = []
-    for r in rows:
-        if r["id"] in seen:
-            drops["exact_duplicate"] += 1
-            continue
-        seen.add(r["id"])
-        unique.append(r)
-    sigs = [(r["id"], np.asarray(r["_sig"], dtype=np.uint64)) for r in unique]
-    dups = dedup.near_duplicates(sigs, threshold, num_perm)
-    drops["near_duplicate"] += len(dups)
-    return [r for r in unique if r["id"] not in dups], drops
 
 
 def to_frame(rows: list[dict[str, Any]], kind: str) -> pd.DataFrame:
@@ -154,12 +137,85 @@ def write_rows(
     return len(df)
 
 
-def dedup_and_cap(rows: list[dict], s: Any, kind: str, drops: Counter) -> list[dict]:
-    """Near-duplicate removal, then the configured cap of ``kind``; both counted in ``drops``."""
-    rows, dd = remove_duplicates(rows, s.near_dup_threshold, s.dedup_num_perm)
-    drops.update(dd)
+def read_parquet(paths: str | list[str], **kwargs: Any) -> Any:
+    """Ray Data read of files this stage (or score) wrote, with the V1 Parquet reader.
+
+    The V2 reader starts a pool of footer-reading actors on every read, which on a loaded
+    small machine costs minutes for our handful of files (ingest's ``read_work`` does
+    the same).
+    """
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, **kwargs)
+    finally:
+        ctx.use_datasource_v2 = before
+
+
+def _partitions() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def smallest(ds: Any, key: str, n: int) -> Any:
+    """The rows of ``ds`` with the ``n`` smallest values of the unique int column ``key``.
+
+    Only the narrow key column is sorted; the threshold it yields filters the full rows,
+    so no row content is shuffled or collected.
+    """
+    from ray.data.expressions import col, lit
+
+    if n <= 0:
+        return ds.limit(0)
+    thr = ds.select_columns([key]).sort(key).limit(n).max(key)
+    return ds.filter(expr=col(key) <= lit(int(thr)))
+
+
+def _output_batch(batch: pd.DataFrame, kind: str, tokenize: bool) -> pa.Table:
+    """Ray Data UDF: working rows -> the output schema (mined rows get token counts here)."""
+    if tokenize and len(batch):
+        from phi_ray.model.tokenizer import get_tokenizer
+
+        texts = (batch["prompt"] + batch["completion"]).tolist()
+        batch = batch.assign(tokens=[len(x) for x in get_tokenizer()(texts)["input_ids"]])
+    return pa.Table.from_pandas(to_frame(batch, kind), schema=schema(kind), preserve_index=False)
+
+
+def finish(
+    run: RunDir, ds: Any, s: Any, kind: str, drops: Counter, out_dir: str, tokenize: bool = False
+) -> tuple[int, list[dict[str, Any]], Any]:
+    """Near-dedup, cap and write ``ds`` (working rows with ``uid`` = ``sample_index`` and
+    ``bands``); returns (rows written, the diversity sample's rows, the written dataset).
+
+    ``ds`` must be read from storage: the near-dedup executes it twice. Each group of
+    near-duplicates keeps its smallest ``sample_index``; the cap keeps the smallest
+    ``sample_index`` values; both are counted in ``drops``.
+    """
+    from phi_ray.corpus.dedup import remove_near_duplicates
+
+    n_in = ds.count()
+    if n_in == 0:
+        write_rows(run, out_dir, kind, [], s.rows_per_file)
+        return 0, [], None
+    ds, n_near = remove_near_duplicates(ds, _partitions())
+    drops["near_duplicate"] += n_near
     cap = s.n_textbooks if kind == "textbooks" else s.n_exercises
-    if len(rows) > cap:
-        drops["over_limit"] += len(rows) - cap
-        rows = rows[:cap]
-    return rows
+    if n_in - n_near > cap:
+        drops["over_limit"] += n_in - n_near - cap
+        ds = smallest(ds, "sample_index", cap)
+    if min(cap, n_in - n_near) == 0:
+        write_rows(run, out_dir, kind, [], s.rows_per_file)
+        return 0, [], None
+    path = f"{out_dir}/{kind}"
+    ds.map_batches(
+        _output_batch, batch_format="pandas", fn_kwargs={"kind": kind, "tokenize": tokenize}
+    ).write_parquet(path, min_rows_per_file=s.rows_per_file, max_rows_per_file=s.rows_per_file)
+    out = read_parquet(path)
+    n = out.count()  # Parquet metadata
+    sample = smallest(out, "sample_index", s.diversity_max_rows).take_all()
+    sample.sort(key=lambda r: r["sample_index"])
+    return n, sample, out

@@ -53,22 +53,22 @@ def _carry_over(run: RunDir, out_dir: str, kind: str) -> bool:
     return True
 
 
-def _finish_kind(cfg: Config, kind: str, kept: list[dict[str, Any]], drops: Counter, tree):
-    """Dedup, cap (mined only) and measure one kind; returns rows and its diversity report."""
+def _finish_mined(cfg: Config, run: RunDir, ds, drops: Counter, out_dir: str):
+    """Dedup, cap, write and measure mined exercises, all on Ray Data."""
     s = cfg.synth
-    kept = postprocess.dedup_and_cap(kept, s, kind, drops)
-    texts = [r["content"] if kind == "textbooks" else r["prompt"] + r["completion"] for r in kept]
+    n, sample, out = postprocess.finish(run, ds, s, "exercises", drops, out_dir, tokenize=True)
     report = diversity.report(
-        texts,
+        [r["prompt"] + r["completion"] for r in sample],
         s.near_dup_threshold,
-        rows=kept if tree is not None else None,
-        tree=tree,
+        rows=None,
+        tree=None,
         max_rows=s.diversity_max_rows,
         seed=cfg.run.seed,
     )
-    if tree is None:
-        report["distinct_topics"] = len({r["topic"] for r in kept})
-    return kept, report
+    # Distinct module topics over every row: a groupby, not a collected set.
+    report["distinct_topics"] = out.groupby("topic").count().count() if out is not None else 0
+    report["rows"] = n
+    return n, report
 
 
 def run(cfg: Config, run: RunDir) -> StageResult:
@@ -115,9 +115,8 @@ def run(cfg: Config, run: RunDir) -> StageResult:
                     shards, drops, spend = generate_shards(cfg, run, kind, tree, client, h)
                     n, reports[kind] = finish_shards(cfg, run, kind, shards, drops, tree, out.tmp)
                 else:
-                    kept, drops, spend = mine_exercises(cfg, filtered)
-                    kept, reports[kind] = _finish_kind(cfg, kind, kept, drops, tree)
-                    n = postprocess.write_rows(run, out.tmp, kind, kept, cfg.synth.rows_per_file)
+                    ds, drops, spend = mine_exercises(cfg, run, filtered, h)
+                    n, reports[kind] = _finish_mined(cfg, run, ds, drops, out.tmp)
                 counts[f"{kind}_generated"] = spend.get("generated", 0)
                 counts[f"{kind}_kept"] = n
                 counts.update({f"{kind}_drop_{k}": v for k, v in sorted(drops.items())})

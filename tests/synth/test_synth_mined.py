@@ -12,7 +12,6 @@ from conftest import stdlib_python_files
 from synth_fixtures import write_filtered
 
 from phi_ray.config import load_config
-from phi_ray.runs import RunDir
 from phi_ray.synth.mine import mine_source
 from phi_ray.synth.stage import run as synth_run
 
@@ -77,23 +76,6 @@ def test_mined_stage_offline_default(tiny_cfg, run_dir, ray_session):
     assert div["exercises"]["distinct_topics"] > 5
     # Resumable like every stage: unchanged config -> skipped.
     assert synth_run(tiny_cfg, run_dir).skipped
-
-
-@pytest.mark.slow  # Ray Data start-up: ~15 s on an idle 2-core box, minutes on a loaded one
-def test_ray_data_path_matches_the_driver_path(tmp_path, ray_session):
-    """Above ``synth.local_max`` inputs, mining runs on Ray Data: same rows either way."""
-    files = stdlib_python_files(400)[5::40]
-    frames = []
-    for name, local_max in (("local", 256), ("ray", 0)):
-        cfg = load_config(
-            "tiny", [f"run.root={tmp_path}", f"run.name={name}", f"synth.local_max={local_max}"]
-        )
-        run = RunDir.from_config(cfg)
-        write_filtered(run, files)
-        res = synth_run(cfg, run)
-        frames.append(pd.read_parquet(Path(res.path) / "exercises"))
-    assert len(frames[0]) > 5
-    pd.testing.assert_frame_equal(frames[0], frames[1])
 
 
 def test_mined_needs_the_score_stage(tiny_cfg, run_dir, ray_session):
