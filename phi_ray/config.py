@@ -253,7 +253,10 @@ class QualityConfig:
     test_size: float = 0.2
     threshold_mode: Literal["best_f1", "keep_rate"] = "best_f1"
     target_keep_rate: float = 0.2  # paper: ~6B of ~35B tokens kept
-    concurrency: int = 1  # embedding actors when scoring
+    concurrency: int = 1  # embedding actors when scoring: the pool's minimum (and start)
+    # the pool grows to this many as the cluster adds nodes; None: the cluster's GPUs at
+    # start / num_gpus when num_gpus > 0, else concurrency (a fixed CPU pool)
+    max_concurrency: int | None = None
     num_gpus: float = 0.0  # per embedding actor
     num_cpus: float = 1.0  # per embedding actor (its torch threads, rounded, at least 1)
     batch_rows: int = 256  # rows per Ray Data batch; sorted by length into embedder batches
@@ -263,6 +266,11 @@ class QualityConfig:
         _check(0.0 < self.test_size < 1.0, "test_size", "must be in (0, 1)")
         _check(0.0 < self.target_keep_rate <= 1.0, "target_keep_rate", "must be in (0, 1]")
         _check(self.concurrency > 0, "concurrency", "must be > 0")
+        _check(
+            self.max_concurrency is None or self.max_concurrency >= self.concurrency,
+            "max_concurrency",
+            "must be >= concurrency (or null)",
+        )
         _check(self.num_gpus >= 0, "num_gpus", "must be >= 0")
         _check(self.num_cpus > 0, "num_cpus", "must be > 0")
         _check(self.batch_rows > 0, "batch_rows", "must be > 0")

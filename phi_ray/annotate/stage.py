@@ -5,8 +5,9 @@ Judges: the LLM judge (the paper's GPT-4 rating, through :mod:`phi_ray.llm`, rub
 heuristic judge (:mod:`phi_ray.annotate.heuristic`), logged as such. ``annotate.judge``
 forces one.
 
-Output ``annotate/labels/*.parquet``: id, score (0–5), label (score >=
-``positive_min_score``), judge, rubric_version, rationale; ``annotate/failures.jsonl``:
+Output ``annotate/sample/*.parquet``: the sampled rows (id, content, path, source,
+n_chars; see :mod:`phi_ray.annotate.sample`); ``annotate/labels/*.parquet``: id, score
+(0–5), label (score >= ``positive_min_score``), judge, rubric_version, rationale; ``annotate/failures.jsonl``:
 every sampled file that got no label, with the reason. LLM calls run from this driver
 process: they are I/O-bound, so one asyncio loop keeps ``llm.max_concurrency`` requests
 in flight; the heuristic judge is CPU-bound and runs as Ray Data ``map_batches`` (in
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 from phi_ray.annotate import heuristic
 from phi_ray.annotate.rubric import build_request, check_version, parse_answer
-from phi_ray.annotate.sample import open_corpus, stratified_sample
+from phi_ray.annotate.sample import stratified_sample, write_sample
 from phi_ray.config import Config
 from phi_ray.llm import BudgetExceeded, LLMClient
 from phi_ray.runs import RunDir, StageResult, resolve_fs
@@ -66,7 +67,8 @@ def resolve_judge(cfg: Config) -> str:
 
 def _config_hash(cfg: Config, run: RunDir, judge: str) -> str:
     base = run.config_hash(cfg, ("annotate",), upstream=("ingest",))
-    extra: dict[str, Any] = {"judge": judge, "seed": cfg.run.seed}
+    # sample v2: drawn in Ray and written to sample/ (an older output lacks it: redo)
+    extra: dict[str, Any] = {"judge": judge, "seed": cfg.run.seed, "sample": 2}
     if judge == "llm":  # what changes the answers; not budgets or concurrency
         llm = cfg.llm
         extra |= {
@@ -88,9 +90,12 @@ def run(cfg: Config, run: RunDir) -> StageResult:
         if out.skipped:
             return out.result
         run.require("ingest", needed_by="annotate")
-        ds = open_corpus(run.path("ingest", "corpus"))
         a = cfg.annotate
-        sample, strata = stratified_sample(ds, a.sample_size, a.size_buckets, cfg.run.seed)
+        sample, strata = stratified_sample(
+            run.path("ingest", "corpus"), a.sample_size, a.size_buckets, cfg.run.seed
+        )
+        # With its content, so that classify reads the sample, never the whole corpus again.
+        write_sample(f"{out.tmp}/sample", sample, a.chunk_size)
         log.info("annotate: %d files sampled from %d strata", sample.num_rows, len(strata))
         if judge == "heuristic":
             log.warning(

@@ -3,7 +3,8 @@
 The embedding pipeline is two operators so that CPUs and accelerators overlap:
 
     corpus files -> read (``batch_rows`` rows at a time) + tokenize (CPU tasks)
-                 -> embed / score (actor pool: concurrency x num_gpus x num_cpus)
+                 -> embed / score (actor pool of concurrency..max_concurrency actors,
+                    each num_gpus x num_cpus; see :func:`pool_bounds`)
 
 Only token ids cross to the actors, never the file text, and actors keep the model
 resident across batches. Ray Data fuses the read/tokenize tasks into the actors when
@@ -133,12 +134,32 @@ class ScoreActor:
         return out | {"quality": probs, "kept": kept}
 
 
+def pool_bounds(q: QualityConfig, cluster_gpus: float | None = None) -> tuple[int, int]:
+    """(min, max) embedding actors: an autoscaling pool, so GPU nodes added later get work.
+
+    ``max_concurrency`` is the operator's bound (what the autoscaling cluster may grow
+    to); unset, GPU actors are bounded by the GPUs the cluster has now (``cluster_gpus``,
+    read from Ray when not given), and CPU actors stay a fixed pool of ``concurrency``.
+    """
+    lo = q.concurrency
+    if q.max_concurrency is not None:
+        return lo, q.max_concurrency
+    if q.num_gpus <= 0:
+        return lo, lo
+    if cluster_gpus is None:
+        import ray
+
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    return lo, max(lo, int(cluster_gpus // q.num_gpus))
+
+
 def actor_args(q: QualityConfig) -> dict[str, Any]:
     """``map_batches`` arguments for the embedding actor pool."""
     from ray.data import ActorPoolStrategy
 
+    lo, hi = pool_bounds(q)
     return {
-        "compute": ActorPoolStrategy(size=q.concurrency),
+        "compute": ActorPoolStrategy(min_size=lo, max_size=hi),
         "num_gpus": q.num_gpus or None,
         "num_cpus": q.num_cpus,
         # None: one reader block per call. A row count here would also set how many

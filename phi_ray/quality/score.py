@@ -10,7 +10,8 @@ skips finished shards and streams only the others through Ray Data:
 The driver receives only (id, quality, kept) rows, in input order (``preserve_order``),
 so at most the shards in flight are buffered: memory is bounded by shard size, not by
 the corpus. When every shard is finished, one Ray task per shard joins it with its corpus
-file and writes ``scored/part-0000i.parquet`` (id, quality, kept) and
+file (on id and the id's occurrence number, so a corpus without exact dedup, where ids
+repeat, gets one score per row) and writes ``scored/part-0000i.parquet`` (id, quality, kept) and
 ``filtered/part-0000i.parquet`` (the corpus columns of kept rows + quality).
 
 Empty input: a corpus file with no rows gives empty parts (with the schema); a corpus
@@ -194,9 +195,15 @@ def _assemble_one(corpus_file: str, shard_file: str, scored: str, filtered: str)
     scores = pq.read_table(sp, filesystem=sfs).select(SCORE_SCHEMA.names)
     id_type = corpus.schema.field("id").type  # string or large_string: join keys must match
     scores = scores.set_column(0, "id", scores["id"].cast(id_type))
-    # Join on id, then restore the corpus's row order (Arrow joins do not keep it).
+    # Join on (id, its occurrence number): without exact dedup an id can repeat, and a join
+    # on id alone would pair every copy with every score (n^2 rows). The k-th copy in the
+    # shard (rows arrive in file order) is the k-th in the file. Then restore the corpus's
+    # row order (Arrow joins do not keep it).
     corpus = corpus.append_column("_row", pa.array(range(corpus.num_rows), type=pa.int64()))
-    joined = corpus.join(scores, "id", join_type="inner").sort_by("_row").drop_columns(["_row"])
+    corpus = corpus.append_column("_occ", _occurrence(corpus["id"]))
+    scores = scores.append_column("_occ", _occurrence(scores["id"]))
+    joined = corpus.join(scores, ["id", "_occ"], join_type="inner").sort_by("_row")
+    joined = joined.drop_columns(["_row", "_occ"])
     if not (joined.num_rows == corpus.num_rows == scores.num_rows):
         raise RuntimeError(
             f"score: {shard_file} has {scores.num_rows} scores for {corpus.num_rows} rows of "
@@ -211,3 +218,9 @@ def _assemble_one(corpus_file: str, shard_file: str, scored: str, filtered: str)
         "rows_out": kept.num_rows,
         "tokens_out": int(pc.sum(kept["n_tokens"]).as_py() or 0),
     }
+
+
+def _occurrence(ids: pa.ChunkedArray) -> pa.Array:
+    """0 for an id's first row, 1 for its second, ... (in row order)."""
+    col = ids.to_pandas()
+    return pa.array(col.groupby(col).cumcount().to_numpy(), pa.int64())

@@ -1,6 +1,7 @@
 """The classify stage: embed the annotated files and fit the random-forest quality classifier.
 
-``labels/`` (id, label, ...) is joined with ``corpus/`` (id, content) by id inside Ray
+``annotate/labels/`` (id, label, ...) is joined with ``annotate/sample/`` (id, content: the
+annotated files, written by annotate, so the corpus is not read again) by id inside Ray
 Data, the joined files are embedded by an actor pool (see :mod:`phi_ray.quality.data`),
 and a scikit-learn ``RandomForestClassifier`` is fitted on a stratified train split.
 
@@ -52,7 +53,7 @@ def run(cfg: Config, run: RunDir) -> StageResult:
         run.require("ingest", needed_by="classify")
         run.require("annotate", needed_by="classify")
         labels = read_labels(run.path("annotate", "labels"))
-        X, y, n_tokens = embed_labelled(cfg, run.path("ingest", "corpus"), labels)
+        X, y, n_tokens = embed_labelled(cfg, run.path("annotate", "sample"), labels)
         q = cfg.quality
         model, split, threshold = fit_forest(X, y, q, cfg.run.seed)
         report = evaluate(model, X[split["test"]], y[split["test"]], y[split["train"]], threshold)
@@ -67,7 +68,7 @@ def run(cfg: Config, run: RunDir) -> StageResult:
         log.info("classify: F1 %.3f (majority baseline %.3f)", report["f1"], report["baseline_f1"])
         counts = {
             "labels_in": int(labels.attrs["rows_in"]),
-            "labels_missing_in_corpus": int(len(labels) - len(y)),
+            "labels_missing_in_sample": int(len(labels) - len(y)),
             "labels_joined": len(y),
             "positives": int(y.sum()),
             "n_train": len(split["train"]),
@@ -108,16 +109,18 @@ def _select_ids(batch: pa.Table, ids: list[str]) -> pa.Table:
 
 
 def embed_labelled(
-    cfg: Config, corpus_dir: str, labels: pd.DataFrame
+    cfg: Config, sample_dir: str, labels: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Embed the corpus files that have labels: (X, y) in label order, tokens embedded."""
+    """Embed the sampled files that have labels: (X, y) in label order, tokens embedded."""
 
     q = cfg.quality
-    files = data.list_parquet(corpus_dir, "ingest corpus")
+    files = data.list_parquet(sample_dir, "annotate sample (rerun `phi-ray annotate`)")
     for f in files[:1]:
-        data.check_columns(f, ("id", "content"), "ingest corpus")
+        data.check_columns(f, ("id", "content"), "annotate sample")
     if not files or labels.empty:
-        raise ValueError(f"classify: nothing to embed ({len(files)} corpus files, 0 labels)")
+        raise ValueError(
+            f"classify: nothing to embed ({len(files)} sample files, {len(labels)} labels)"
+        )
     ds = data.corpus_dataset(files, q.batch_rows)
     ds = ds.map_batches(
         _select_ids, fn_kwargs={"ids": labels["id"].tolist()}, batch_format="pyarrow"
@@ -145,7 +148,7 @@ def embed_labelled(
         n_tokens += int(batch["n_embedded"].sum())
     found = labels[labels["id"].isin(vectors.keys())]
     if found.empty:
-        raise ValueError(f"classify: none of the {len(labels)} labelled ids is in {corpus_dir}")
+        raise ValueError(f"classify: none of the {len(labels)} labelled ids is in {sample_dir}")
     X = np.stack([vectors[i] for i in found["id"]]).astype(np.float32)
     return X, found["label"].to_numpy(dtype=bool), n_tokens
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from annotate_corpus import write_corpus
 
 from phi_ray.annotate import heuristic
+from phi_ray.annotate import sample as sample_mod
 from phi_ray.annotate.rubric import build_request, parse_answer
 from phi_ray.annotate.sample import open_corpus, size_bucket, stratified_sample
 from phi_ray.llm import ParseError
@@ -93,13 +96,16 @@ def test_parse_answer_rejects_the_rest(text):
         parse_answer(text)
 
 
-def test_stratified_sample_is_deterministic_covers_strata_and_grows_as_a_superset(run_dir):
-    write_corpus(run_dir, 120, rare_every=40)
-    ds = open_corpus(run_dir.path("ingest", "corpus"))
+def test_stratified_sample_is_deterministic_covers_strata_and_grows_as_a_superset(
+    run_dir, ray_session
+):
+    write_corpus(run_dir, 120, rare_every=40, files_per_part=30)
+    corpus = run_dir.path("ingest", "corpus")
+    ds = open_corpus(corpus)
     bounds = [2000, 10000]
-    small, strata = stratified_sample(ds, 20, bounds, seed=1)
-    again, _ = stratified_sample(ds, 20, bounds, seed=1)
-    big, _ = stratified_sample(ds, 60, bounds, seed=1)
+    small, strata = stratified_sample(corpus, 20, bounds, seed=1)
+    again, _ = stratified_sample(corpus, 20, bounds, seed=1)
+    big, _ = stratified_sample(corpus, 60, bounds, seed=1)
     assert small.num_rows == 20 and sum(strata.values()) == 20
     assert small.column("id").to_pylist() == again.column("id").to_pylist()
     assert set(small.column("id").to_pylist()) <= set(big.column("id").to_pylist())
@@ -111,7 +117,27 @@ def test_stratified_sample_is_deterministic_covers_strata_and_grows_as_a_superse
         )
     }
     assert len(strata) == len(every)
-    other, _ = stratified_sample(ds, 20, bounds, seed=2)
+    other, _ = stratified_sample(corpus, 20, bounds, seed=2)
     assert other.column("id").to_pylist() != small.column("id").to_pylist()
-    everything, _ = stratified_sample(ds, 1000, bounds, seed=1)
+    everything, _ = stratified_sample(corpus, 1000, bounds, seed=1)
     assert everything.num_rows == 120
+
+
+def test_stratified_sample_with_duplicate_ids_is_exact_and_unique(
+    run_dir, ray_session, monkeypatch
+):
+    """Exact dedup off: ids repeat across files. Still one row per id, and exact sizes when
+    the first candidate passes fall short (forced here: candidates aimed at 1% of quota)."""
+    ids = write_corpus(run_dir, 60, files_per_part=30)
+    corpus = run_dir.path("ingest", "corpus")
+    shutil.copy(f"{corpus}/part-00000.parquet", f"{corpus}/part-00002.parquet")  # 30 copies
+    bounds = [10**9]  # one stratum: 90 rows, 60 distinct ids
+    monkeypatch.setattr(sample_mod, "_OVERSAMPLE", 0.01)
+    monkeypatch.setattr(sample_mod, "_SLACK_ROWS", 0)
+    for size in (7, 45):
+        table, strata = stratified_sample(corpus, size, bounds, seed=3)
+        got = table.column("id").to_pylist()
+        assert len(got) == len(set(got)) == size == sum(strata.values()), (size, strata)
+        assert set(got) <= set(ids) and table.column("content").null_count == 0
+    everything, _ = stratified_sample(corpus, 500, bounds, seed=3)
+    assert sorted(everything.column("id").to_pylist()) == sorted(ids)

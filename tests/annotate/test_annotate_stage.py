@@ -75,6 +75,11 @@ def test_heuristic_judge_is_the_offline_default(tmp_path, ray_session, caplog, m
         k: r["score"] for k, r in labels.items()
     }  # distributed == in-process
     assert len(labels) == 40 and set(labels) <= set(ids)
+    # The sample is written with its content: classify reads it, not the corpus.
+    sample = pq.read_table(run.path("annotate", "sample")).sort_by("id")
+    assert sample.column("id").to_pylist() == sorted(labels)
+    expect = corpus.filter(pc.is_in(corpus["id"], sample["id"])).sort_by("id")
+    assert sample.column("content").to_pylist() == expect.column("content").to_pylist()
     assert {r["judge"] for r in labels.values()} == {"heuristic"}
     assert {r["rubric_version"] for r in labels.values()} == {"heuristic-v1"}
     assert all(r["label"] == (r["score"] >= 3) for r in labels.values())

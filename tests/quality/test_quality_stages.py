@@ -77,7 +77,7 @@ def _documents(tokenizer) -> pd.DataFrame:
 
 
 def write_upstream(run: RunDir, docs: pd.DataFrame, labelled: pd.DataFrame) -> None:
-    """ingest/corpus and annotate/labels as those stages write them, marked complete."""
+    """ingest/corpus and annotate/{sample,labels} as those stages write them, complete."""
     with run.stage("ingest", "fixture") as out:
         os.makedirs(f"{out.tmp}/corpus")
         corpus = docs.drop(columns=["_label"])
@@ -89,6 +89,13 @@ def write_upstream(run: RunDir, docs: pd.DataFrame, labelled: pd.DataFrame) -> N
         out.finish(counts={"rows_out": len(corpus)})
     with run.stage("annotate", "fixture") as out:
         os.makedirs(f"{out.tmp}/labels")
+        os.makedirs(f"{out.tmp}/sample")
+        sample = labelled[["id", "content", "path", "source", "n_chars"]]
+        for j, start in enumerate(range(0, len(sample), 25)):  # classify reads several files
+            pq.write_table(
+                pa.Table.from_pandas(sample.iloc[start : start + 25], preserve_index=False),
+                f"{out.tmp}/sample/part-{j:05d}.parquet",
+            )
         labels = pd.DataFrame({
             "id": labelled["id"],
             "score": labelled["_label"].map({True: 4, False: 1}).astype("int64"),
@@ -237,3 +244,44 @@ def test_empty_corpus_file_and_empty_labels(classified, tmp_path):
         classify_stage.run(
             load_config("tiny", [f"run.root={root}", "run.name=q", "quality.n_estimators=7"]), run
         )
+
+
+def test_score_with_duplicate_ids_one_score_per_row_and_reruns(classified, tmp_path):
+    """Exact dedup off: an id repeats in a file and across files. Every row gets one score
+    (a join on id alone multiplied rows and failed the stage on every rerun)."""
+    _, run0, docs, _ = classified
+    root = tmp_path / "runs"
+    shutil.copytree(run0.path(""), root / "q", ignore=shutil.ignore_patterns("score", ".work"))
+    cfg = load_config("tiny", [f"run.root={root}", "run.name=q", *OVERRIDES])
+    run = RunDir.from_config(cfg)
+    corpus = Path(run.path("ingest", "corpus"))
+    for f in corpus.glob("*.parquet"):
+        f.unlink()
+    base = docs.drop(columns=["_label"]).head(12)
+    # file 0: rows 0-5 then 0-2 again (3 repeats inside the file); file 1: rows 3-11 + 0.
+    parts = [pd.concat([base.iloc[:6], base.iloc[:3]]), pd.concat([base.iloc[3:], base.iloc[:1]])]
+    for j, part in enumerate(parts):
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        pq.write_table(table, corpus / f"part-{j:05d}.parquet")
+    res = score_stage.run(cfg, run)
+    for j, part in enumerate(parts):
+        scored = pq.read_table(run.path("score", "scored", f"part-{j:05d}.parquet")).to_pandas()
+        assert scored["id"].tolist() == part["id"].tolist()  # one row per input row, in order
+    scored = _read_dir(run.path("score", "scored"))
+    assert (scored.groupby("id")["quality"].nunique() == 1).all()  # a copy scores as its id
+    assert res.counts["rows_in"] == len(scored) == 9 + 10
+    assert score_stage.run(cfg, run).skipped
+
+
+def test_score_pool_bounds_follow_config_and_cluster_gpus():
+    from phi_ray.config import QualityConfig
+    from phi_ray.quality.data import pool_bounds
+
+    assert pool_bounds(QualityConfig(), cluster_gpus=8) == (1, 1)  # CPU actors: a fixed pool
+    assert pool_bounds(QualityConfig(num_gpus=1), cluster_gpus=8) == (1, 8)
+    assert pool_bounds(QualityConfig(num_gpus=0.5, concurrency=2), cluster_gpus=3) == (2, 6)
+    assert pool_bounds(QualityConfig(num_gpus=1, concurrency=2), cluster_gpus=0) == (2, 2)
+    # the operator's bound wins: an autoscaling cluster may grow past today's GPUs
+    assert pool_bounds(QualityConfig(num_gpus=1, max_concurrency=32), cluster_gpus=8) == (1, 32)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        QualityConfig(concurrency=4, max_concurrency=2)
