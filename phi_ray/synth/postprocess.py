@@ -216,6 +216,8 @@ def finish(
     ).write_parquet(path, min_rows_per_file=s.rows_per_file, max_rows_per_file=s.rows_per_file)
     out = read_parquet(path)
     n = out.count()  # Parquet metadata
-    sample = smallest(out, "sample_index", s.diversity_max_rows).take_all()
+    # A set within diversity_max_rows is measured whole: no sort needed to pick a sample.
+    some = out if n <= s.diversity_max_rows else smallest(out, "sample_index", s.diversity_max_rows)
+    sample = some.take_all()
     sample.sort(key=lambda r: r["sample_index"])
     return n, sample, out

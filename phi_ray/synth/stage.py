@@ -65,8 +65,12 @@ def _finish_mined(cfg: Config, run: RunDir, ds, drops: Counter, out_dir: str):
         max_rows=s.diversity_max_rows,
         seed=cfg.run.seed,
     )
-    # Distinct module topics over every row: a groupby, not a collected set.
-    report["distinct_topics"] = out.groupby("topic").count().count() if out is not None else 0
+    # Distinct module topics over every row: a set when the sample is every row, else a
+    # groupby in Ray (not a collected set).
+    if n <= s.diversity_max_rows:  # the sample is every row
+        report["distinct_topics"] = len({r["topic"] for r in sample})
+    else:
+        report["distinct_topics"] = out.groupby("topic").count().count()
     report["rows"] = n
     return n, report
 
