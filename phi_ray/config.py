@@ -296,7 +296,7 @@ class SynthConfig:
     drop_failing: bool = True  # drop rows whose doctest examples fail, error or time out
     require_examples: bool = False  # also drop rows with no example to run
     dedup_num_perm: int = 128
-    dedup_ngram: int = 5  # token n-gram shingles for MinHash
+    dedup_ngram: int = 5  # word n-gram shingles for MinHash (ingest's, corpus.minhash)
     mine_max_chars: int = 6000  # mined functions longer than this are dropped
     chunk_size: int = 5000  # prompts per LLM batch (progress and memory granularity)
     batch_size: int = 16  # rows per Ray Data validation batch
