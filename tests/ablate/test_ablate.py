@@ -132,6 +132,7 @@ def _cmd(root: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a loaded 2-core machine; about a minute on a calm one
 def test_killed_ablation_resumes_with_equal_arms_and_finished_ones_skipped(
     tmp_path, tokenizer, ray_session
 ):
@@ -195,3 +196,32 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert s["filtered"]["seeds"] == [1, 2]
     text = table(s, 1000)
     assert "4.5000 ± 0.7071" in text and "2.50% ± 3.54" in text and "1,000" in text
+
+
+def test_report_section_shows_every_arm_and_the_paper(tmp_path):
+    from phi_ray.ablate.stage import PAPER_350M, summarize
+    from phi_ray.report import sections
+
+    run = RunDir(str(tmp_path), "r")
+    rows = []
+    for arm, sl in (("filtered", 4.25), ("random", 4.5)):
+        rows.append({"arm": arm, "seed": 1, "solution_loss": {"humaneval": {"loss": sl}},
+                     "heldout_loss": {"loss": 6.0}, "pass_at_k": {"humaneval": {"pass@1": 0.0}},
+                     "final_train_metrics": {}})  # fmt: skip
+        d = tmp_path / "r" / "ablate" / "arms" / f"{arm}-s1"
+        d.mkdir(parents=True)
+        (d / "curve.jsonl").write_text(
+            "".join(
+                json.dumps({"step": s, "loss": 9.0 - s, "val_loss": 9.5 - s}) + "\n"
+                for s in (1, 2, 3)
+            )
+        )
+    summary = {"arms": summarize(rows, ["filtered", "random"]), "units": ["filtered-s1", "random-s1"],
+               "data": {"equal_tokens": 1000, "equal_windows": 10, "heldout_windows": 2},
+               "paper_350m_humaneval_pass1": PAPER_350M}  # fmt: skip
+    run.write_json(run.path("ablate", "summary.json"), summary)
+    html = sections.ablation(run)
+    assert html.count("<img") == 2  # held-out and training curves
+    assert "filtered" in html and "random" in html and "17.68" in html and "12.19" in html
+    assert "4.25 ± 0" in html and "4.5 ± 0" in html
+    assert sections.ablation(RunDir(str(tmp_path), "empty")) is None
