@@ -60,7 +60,7 @@ def mine_source(
     drops: Counter = Counter()
     try:
         tree = ast.parse(content)
-    except (SyntaxError, ValueError):
+    except parse.PARSE_ERRORS:  # deep nesting raises RecursionError/MemoryError too
         drops["file_syntax_error"] += 1
         return [], drops
     lines = parse.source_lines(content)

@@ -50,7 +50,7 @@ def _parses(code: str) -> bool:
         return parse.session_parses(code)
     try:
         ast.parse(code)
-    except (SyntaxError, ValueError):
+    except parse.PARSE_ERRORS:  # deep nesting raises RecursionError/MemoryError too
         return False
     return True
 

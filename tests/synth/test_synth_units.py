@@ -190,3 +190,13 @@ def test_diversity_report_and_coverage():
     same = diversity.distinct_ngrams(["a b c d e"] * 10)
     varied = diversity.distinct_ngrams([f"a{i} b{i} c d e" for i in range(10)])
     assert same["distinct_2"] < varied["distinct_2"]
+
+
+def test_deeply_nested_code_is_a_drop_not_a_crash():
+    """RecursionError/MemoryError from the parser are parse failures (mined and validated)."""
+    from phi_ray.synth import mine, validate
+
+    for deep in ("x = " + "-" * 100_000 + "1\n", "x = " + "1+" * 100_000 + "1\n"):
+        rows, drops = mine.mine_source(deep)  # MemoryError, RecursionError from ast.parse
+        assert rows == [] and drops["file_syntax_error"] == 1
+        assert validate._parses(deep) is False
