@@ -6,37 +6,41 @@ Two datasets are packed separately, each with a held-out validation split:
 - ``pack/finetune/{train,val}/``: exercises (prompt + completion), from ``decontam/exercises``
   when decontam is complete (and ``pack.use_decontaminated``), else ``synth/exercises``.
 
-Ray Data tokenizes (batched tokenizer calls in ``map_batches`` tasks); documents are then
-sorted by a seeded hash of their id, which is the deterministic shuffle: the same inputs
-and seed give byte-identical shards whatever the cluster's block layout or task order. The driver then streams the
-sorted documents, joins them with ``<|endoftext|>`` into one token stream per split and cuts
-windows of ``seq_len + 1`` tokens with a stride of ``seq_len`` (consecutive windows share
-one token, so every token is a prediction target exactly once). A document goes wholly to
-train or to val (chosen by another seeded hash of its id), so val never leaks into train.
+Ray Data tokenizes (batched tokenizer calls in ``map_batches`` tasks) and computes each
+document's order key, a seeded hash of its id: the deterministic shuffle. Documents are then
+range-partitioned by that key (``pack.tokens_per_partition`` tokens a range) and each key
+range of each split is sorted, joined with ``<|endoftext|>`` and cut into windows of
+``seq_len + 1`` tokens with a stride of ``seq_len`` by its own Ray task
+(``packing/windows.py``), which writes its own shards. The same inputs and seed give
+byte-identical shards whatever the cluster's block layout or task order, and the driver
+holds only the manifests. A document goes wholly to train or to val (chosen by another
+seeded hash of its id), so val never leaks into train.
 
-Shards are ``shard-00000.npy`` uint16 arrays of shape (n_windows, seq_len + 1) plus a
-``manifest.json`` (seq_len, n_windows, n_tokens, shards, sources).
+Shards are ``part-PPPPP-shard-SSSSS.npy`` uint16 arrays of shape (n_windows, seq_len + 1) plus a
+``manifest.json`` (seq_len, n_windows, n_tokens, shards in order, sources, partitions).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from phi_ray.config import Config
-from phi_ray.model.tokenizer import EOS_ID
+from phi_ray.packing import windows
 from phi_ray.runs import RunDir, StageResult
 
 log = logging.getLogger("phi_ray.pack")
 
 SPLITS = ("train", "val")
-_UINT16_MAX = np.iinfo(np.uint16).max
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def _tokenize(
     seed: int,
     val_fraction: float,
     tokenizer: str | None,
-) -> dict[str, Any]:
+) -> pa.Table:
     """``map_batches`` function: text -> token ids + order key + split, one tokenizer call.
 
     A task, not an actor pool: the tokenizer is cached per worker process
@@ -115,87 +119,20 @@ def _tokenize(
     tok = get_tokenizer(tokenizer)
     enc = tok(_texts(batch, kind), add_special_tokens=False, verbose=False)["input_ids"]
     val_cut = int(val_fraction * 2**63)
-    return {
-        "key": np.array([_unit_hash(seed, "order", i) for i in ids], dtype=np.int64),
-        "val": np.array([_unit_hash(seed, "val", i) < val_cut for i in ids], dtype=bool),
-        "source": np.array([source] * len(ids), dtype=object),
-        "n_tokens": np.array([len(e) for e in enc], dtype=np.int64),
-        "tokens": [np.asarray(e, dtype=np.int32) for e in enc],
-    }
-
-
-@dataclass
-class _Packer:
-    """Joins documents with EOS into one stream and cuts windows of seq_len + 1 tokens."""
-
-    out_dir: str
-    run: RunDir
-    seq_len: int
-    windows_per_shard: int
-    buf: list[np.ndarray] = field(default_factory=list)
-    buffered: int = 0
-    windows: list[np.ndarray] = field(default_factory=list)
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    n_windows: int = 0
-    n_docs: int = 0
-    sources: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def add(self, tokens: np.ndarray, source: str) -> None:
-        if tokens.size and int(tokens.max()) > _UINT16_MAX:
-            raise ValueError(f"pack: token id {int(tokens.max())} does not fit in uint16")
-        doc = np.concatenate([tokens.astype(np.uint16), np.array([EOS_ID], np.uint16)])
-        self.buf.append(doc)
-        self.buffered += doc.size
-        self.n_docs += 1
-        s = self.sources.setdefault(source, {"docs": 0, "tokens": 0})
-        s["docs"] += 1
-        s["tokens"] += int(doc.size)
-        if self.buffered >= 64 * (self.seq_len + 1):
-            self._cut(final=False)
-
-    def _cut(self, final: bool) -> None:
-        stream = np.concatenate(self.buf) if self.buf else np.zeros(0, np.uint16)
-        n = (stream.size - 1) // self.seq_len if stream.size > self.seq_len else 0
-        if n:
-            idx = np.arange(n)[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
-            self.windows.append(stream[idx])  # (n, seq_len + 1)
-        # Keep the last token: it is the first input of the next window.
-        rest = stream[n * self.seq_len :]
-        self.buf, self.buffered = ([rest], rest.size) if rest.size else ([], 0)
-        while sum(w.shape[0] for w in self.windows) >= self.windows_per_shard or (
-            final and self.windows
-        ):
-            self._flush()
-
-    def _flush(self) -> None:
-        allw = np.concatenate(self.windows)
-        shard, rest = allw[: self.windows_per_shard], allw[self.windows_per_shard :]
-        self.windows = [rest] if rest.shape[0] else []
-        name = f"shard-{len(self.shards):05d}.npy"
-        with self.run.fs.open_output_stream(self.run._fs_path(f"{self.out_dir}/{name}")) as f:
-            np.save(f, np.ascontiguousarray(shard))
-        self.shards.append({"file": name, "n_windows": int(shard.shape[0])})
-        self.n_windows += int(shard.shape[0])
-
-    def close(self) -> dict[str, Any]:
-        """Write the last shard and the manifest; returns the manifest."""
-        self._cut(final=True)
-        tail = max(self.buffered - 1, 0)  # tokens after the last full window
-        manifest = {
-            "seq_len": self.seq_len,
-            "window": self.seq_len + 1,
-            "stride": self.seq_len,
-            "dtype": "uint16",
-            "eos_id": EOS_ID,
-            "n_windows": self.n_windows,
-            "n_tokens": self.n_windows * self.seq_len,  # prediction targets
-            "n_docs": self.n_docs,
-            "dropped_tail_tokens": tail,
-            "shards": self.shards,
-            "sources": self.sources,
+    lengths = np.array([len(e) for e in enc], dtype=np.int64)
+    # An Arrow list column, not numpy arrays: Ray would make those a tensor extension type
+    # whose fixed/variable-shape flavour differs between blocks and breaks the shuffle.
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.fromiter((t for e in enc for t in e), dtype=np.int32, count=int(offsets[-1]))
+    return pa.table(
+        {
+            "key": np.array([_unit_hash(seed, "order", i) for i in ids], dtype=np.int64),
+            "val": np.array([_unit_hash(seed, "val", i) < val_cut for i in ids], dtype=bool),
+            "source": pa.array([source] * len(ids), pa.string()),
+            "n_tokens": lengths,
+            "tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
         }
-        self.run.write_json(f"{self.out_dir}/manifest.json", manifest)
-        return manifest
+    )
 
 
 def _tokenized(cfg: Config, sources: list[Source]) -> Any:
@@ -224,53 +161,90 @@ def _tokenized(cfg: Config, sources: list[Source]) -> Any:
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _sorted_docs(cfg: Config, sources: list[Source]) -> list[tuple[int, bool, str, np.ndarray]]:
-    """Tokenized documents as (order key, is_val, source, uint16 tokens), sorted by key.
+# Code averages ~3.3 characters a token in CodeGen's BPE; 3 keeps the estimate above the count.
+_BYTES_PER_TOKEN = 3.0
 
-    The sort happens on the driver over compact uint16 arrays (2 bytes a token): a Ray Data
-    ``sort`` is an all-to-all shuffle that costs far more than it saves at the sizes one
-    packing node holds (phi-1's ~7B tokens are ~14 GB here).
+
+def _n_parts(sources: list[Source], tokens_per_partition: int) -> int:
+    """Key ranges such that one holds at most about ``tokens_per_partition`` tokens.
+
+    Estimated from the text columns' uncompressed sizes in the Parquet footers (one small
+    read per file, no row read), so it is a pure function of the inputs: the same inputs and
+    seed give byte-identical shards.
     """
-    from tqdm.auto import tqdm
+    import pyarrow.parquet as pq
 
-    docs = []
-    bar = tqdm(desc="tokenize", unit="doc", mininterval=2.0)
-    for batch in _tokenized(cfg, sources).iter_batches(batch_size=1024, batch_format="numpy"):
-        for key, toks, is_val, src in zip(
-            batch["key"], batch["tokens"], batch["val"], batch["source"], strict=True
-        ):
-            toks = np.asarray(toks)
-            if toks.size and int(toks.max()) > _UINT16_MAX:
-                raise ValueError(f"pack: token id {int(toks.max())} does not fit in uint16")
-            docs.append((int(key), bool(is_val), str(src), toks.astype(np.uint16)))
-        bar.update(len(batch["key"]))
-    bar.close()
-    docs.sort(key=lambda d: d[0])  # the seeded shuffle; keys are 63-bit hashes of ids
-    return docs
+    from phi_ray.runs import resolve_fs
+
+    text_bytes = 0
+    for src in sources:
+        cols = {"content"} if src.kind == "content" else {"prompt", "completion"}
+        for f in src.files:
+            fs, path = resolve_fs(f)
+            meta = pq.ParquetFile(path, filesystem=fs).metadata
+            for g in range(meta.num_row_groups):
+                rg = meta.row_group(g)
+                for c in range(rg.num_columns):
+                    col = rg.column(c)
+                    if col.path_in_schema in cols:
+                        text_bytes += col.total_uncompressed_size
+    return max(1, math.ceil(text_bytes / _BYTES_PER_TOKEN / tokens_per_partition))
+
+
+def _cpus() -> int:
+    import ray
+
+    return max(int(ray.cluster_resources().get("CPU", 1)), 1)
 
 
 def pack_dataset(cfg: Config, run: RunDir, sources: list[Source], out_root: str) -> dict:
-    """Tokenize ``sources`` and write ``<out_root>/{train,val}/`` shards; returns manifests."""
+    """Tokenize ``sources`` and write ``<out_root>/{train,val}/`` shards; returns manifests.
+
+    Everything proportional to the corpus stays in Ray: tokenized documents stream into a
+    shuffle (object store, spilling to disk) that range-partitions them by order key; each
+    (key range, split) group is packed and written by its own task (``windows.pack_group``).
+    The driver holds one summary row per group.
+    """
+    n_parts = _n_parts(sources, cfg.pack.tokens_per_partition)
+    windows.ensure_dirs(out_root, SPLITS)
+    rows = (
+        _tokenized(cfg, sources)
+        .map_batches(
+            windows.assign_groups,
+            fn_kwargs={"n_parts": n_parts},
+            batch_format="pyarrow",
+        )
+        # Hash-shuffle partitions: one per CPU is enough (a partition holds whole groups);
+        # Ray's default of 200 aggregators swamps a small cluster.
+        .groupby("group", num_partitions=min(2 * n_parts, _cpus()))
+        .map_groups(
+            windows.pack_group,
+            fn_kwargs={
+                "out_root": out_root,
+                "seq_len": cfg.pack.seq_len,
+                "windows_per_shard": cfg.pack.windows_per_shard,
+            },
+            batch_format="numpy",
+        )
+        .take_all()  # one small row per group: at most 2 * n_parts
+    )
+    parts: dict[str, list[tuple[int, dict]]] = {s: [] for s in SPLITS}
+    for r in rows:
+        parts[str(r["split"])].append((int(r["part"]), json.loads(r["summary"])))
+    manifests = {}
     for split in SPLITS:
-        run.fs.create_dir(run._fs_path(f"{out_root}/{split}"), recursive=True)
-    packers = {
-        s: _Packer(f"{out_root}/{s}", run, cfg.pack.seq_len, cfg.pack.windows_per_shard)
-        for s in SPLITS
-    }
-    empty = 0
-    for _, is_val, src, toks in _sorted_docs(cfg, sources):
-        if toks.size == 0:
-            empty += 1
-            continue
-        packers["val" if is_val else "train"].add(toks, src)
-    manifests = {s: p.close() for s, p in packers.items()}
+        summaries = [s for _, s in sorted(parts[split], key=lambda t: t[0])]
+        manifests[split] = windows.manifest(cfg.pack.seq_len, summaries, partitions=n_parts)
+    empty = sum(s["empty_text"] for split in SPLITS for _, s in parts[split])
     manifests["train"]["dropped"] = {"empty_text": empty}
-    run.write_json(f"{out_root}/train/manifest.json", manifests["train"])
+    for split in SPLITS:
+        windows.write_manifest(f"{out_root}/{split}", manifests[split])
     if manifests["train"]["n_windows"] == 0:
         raise ValueError(
             f"pack: {out_root} has no training window of seq_len+1={cfg.pack.seq_len + 1} "
             "tokens; more input text or a smaller pack.seq_len is needed"
         )
+    log.info("pack: %d key range(s) -> %s", n_parts, out_root)
     return manifests
 
 
