@@ -102,8 +102,12 @@ class HFGenerator:
 
         from phi_ray.runtime import pick_dtype
 
+        from phi_ray.train.data import localize
+
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.gen = gen
+        # An object-store model (an s3:// run's export): this node's one local copy of it.
+        model_dir = localize(model_dir)
         try:
             self.tok = AutoTokenizer.from_pretrained(model_dir)
         except (OSError, ValueError):  # a bare checkpoint: phi-ray's tokenizer
