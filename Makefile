@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test check-clients lint format bench install install-dev clean check-compat check-floors rehearse
+.PHONY: demo test test-slow check-clients lint format bench install install-dev clean check-compat check-floors rehearse
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -30,9 +30,13 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/phi-ray run --preset $(PRESET)
 
-## test: the test suite (pytest, real Ray, tiny models)
+## test: the test suite (pytest, real Ray, tiny models); `slow` tests are `make test-slow`
 test: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## test-slow: the long tests (all eleven stages in one run, compiled step, s3 training, ablation)
+test-slow: install-dev
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 ## check-clients: lm-eval (local-completions) against a real `phi-ray serve` (minutes)
 check-clients: install-dev
