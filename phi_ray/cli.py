@@ -126,8 +126,15 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         print(render(cfg, phase, args.gpu, args.nodes, args.mfu), end="\n\n")
         tc, gpu = getattr(cfg, phase), GPUS[args.gpu]
         world = gpu.per_node * args.nodes
-        p = plan_memory(cfg.model, cfg.pack.seq_len, tc.micro_batch, gpu, world, tc.strategy,
-                        tc.activation_checkpointing)
+        p = plan_memory(
+            cfg.model,
+            cfg.pack.seq_len,
+            tc.micro_batch,
+            gpu,
+            world,
+            tc.strategy,
+            tc.activation_checkpointing,
+        )
         fits = fits and p.fits
     return 0 if fits else 3
 

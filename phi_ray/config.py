@@ -530,7 +530,6 @@ class EvaluateConfig:
         )
 
 
-
 def _check_sandbox_limits(
     timeout_s: float, memory_mb: int, max_procs: int = 1, max_file_mb: int = 1, prefix: str = ""
 ) -> None:

@@ -101,7 +101,6 @@ class HFGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from phi_ray.runtime import pick_dtype
-
         from phi_ray.train.data import localize
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
 from phi_ray.model.tokenizer import EOS_ID
 from phi_ray.runs import resolve_fs
 

@@ -448,8 +448,12 @@ def ablation(run: RunDir) -> str | None:
          paper.get(arm, "-")]
         for arm, m in arms.items()
     ]  # fmt: skip
-    return html + plots.table(rows, header) + (
-        "<p class='note'>Solution loss: mean per-token loss of the benchmark's canonical "
-        "solutions given their prompts, solution tokens only. The paper's figures are its "
-        "350M model on the filtered vs the unfiltered Stack (random = unfiltered).</p>"
+    return (
+        html
+        + plots.table(rows, header)
+        + (
+            "<p class='note'>Solution loss: mean per-token loss of the benchmark's canonical "
+            "solutions given their prompts, solution tokens only. The paper's figures are its "
+            "350M model on the filtered vs the unfiltered Stack (random = unfiltered).</p>"
+        )
     )

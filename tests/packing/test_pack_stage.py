@@ -155,7 +155,11 @@ def test_pack_partitions_are_key_ranges_packed_by_their_own_tasks(ray_session, t
         for r, rp in zip(docs, part, strict=True):
             if rp != p:
                 continue
-            text = r.prompt + r.completion if r.prompt.endswith("\n") else f"{r.prompt}\n{r.completion}"
+            text = (
+                r.prompt + r.completion
+                if r.prompt.endswith("\n")
+                else f"{r.prompt}\n{r.completion}"
+            )
             want += tokenizer(text, add_special_tokens=False)["input_ids"] + [EOS_ID]
         got = _stream(w[start : start + n], seq)
         np.testing.assert_array_equal(got, np.array(want[: got.size], dtype=np.uint16))

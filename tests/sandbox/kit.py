@@ -11,8 +11,6 @@ import os
 import socket
 import threading
 
-import pytest
-
 from phi_ray.sandbox import Check, Limits, Sandbox, detect
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
