@@ -24,6 +24,9 @@ details pre{font-size:12px;background:#f8f8f8;padding:1em;overflow:auto}
 
 
 def _sections(cfg: Config, run: RunDir) -> list[tuple[str, str | None]]:
+    # The ablation is its own command, not a pipeline stage: its section appears once it ran.
+    ablation = sections.ablation(run)
+    optional = [("Ablation: classifier-filtered vs random code at equal tokens", ablation)]
     return [
         ("Funnel: files and tokens through the pipeline", sections.funnel(run)),
         ("Annotation: score distribution and cost", sections.annotation(run)),
@@ -34,7 +37,7 @@ def _sections(cfg: Config, run: RunDir) -> list[tuple[str, str | None]]:
         ("Pretraining", sections.training(run, "pretrain")),
         ("Finetuning", sections.training(run, "finetune")),
         ("Evaluation: pass@k beside the paper", sections.evaluation(run)),
-        ("Ablation: classifier-filtered vs random code at equal tokens", sections.ablation(run)),
+        *[(title, body) for title, body in optional if body is not None],
         ("Cost and time", sections.costs(run, cfg)),
     ]
 

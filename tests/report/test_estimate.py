@@ -1,6 +1,6 @@
 import pytest
 
-from phi_ray.config import load_config
+from phi_ray.config import ConfigError, load_config
 from phi_ray.report.estimate import estimate, model_parameters
 
 
@@ -34,7 +34,13 @@ def test_offline_preset_has_no_llm_cost_and_prices_are_checked():
     cfg = load_config("tiny")
     items = [ln.item for ln in estimate(cfg)]
     assert items == ["score", "pretrain", "finetune"]
-    bad = load_config("phi1", ["llm.base_url=http://x/v1", "annotate.model=nope"])
+    # Under a dollar budget an unpriced model is refused when the config loads...
+    with pytest.raises(ConfigError, match="model 'nope' has no price"):
+        load_config("phi1", ["llm.base_url=http://x/v1", "annotate.model=nope"])
+    # ...and without one, estimate still refuses to price it.
+    bad = load_config(
+        "phi1", ["llm.base_url=http://x/v1", "annotate.model=nope", "llm.budget_usd=null"]
+    )
     with pytest.raises(ValueError, match="no price for model 'nope'"):
         estimate(bad)
 
