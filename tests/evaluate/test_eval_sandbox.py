@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -30,31 +28,7 @@ def sandbox():
         yield sb
 
 
-@pytest.fixture
-def listener():
-    """A real TCP server on 127.0.0.1 that records whether anyone connected."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.2)
-    got: list[bytes] = []
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            got.append(conn.recv(100))
-            conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], got
-    stop.set()
-    t.join()
-    srv.close()
+# `listener` (a real TCP server on 127.0.0.1) comes from the root conftest.
 
 
 def test_plain_pass_fail_and_early_exit(sandbox):
