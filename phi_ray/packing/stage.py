@@ -191,12 +191,6 @@ def _n_parts(sources: list[Source], tokens_per_partition: int) -> int:
     return max(1, math.ceil(text_bytes / _BYTES_PER_TOKEN / tokens_per_partition))
 
 
-def _cpus() -> int:
-    import ray
-
-    return max(int(ray.cluster_resources().get("CPU", 1)), 1)
-
-
 def pack_dataset(cfg: Config, run: RunDir, sources: list[Source], out_root: str) -> dict:
     """Tokenize ``sources`` and write ``<out_root>/{train,val}/`` shards; returns manifests.
 
@@ -205,18 +199,19 @@ def pack_dataset(cfg: Config, run: RunDir, sources: list[Source], out_root: str)
     (key range, split) group is packed and written by its own task (``windows.pack_group``).
     The driver holds one summary row per group.
     """
+    from ray.data.context import ShuffleStrategy
+
     n_parts = _n_parts(sources, cfg.pack.tokens_per_partition)
     windows.ensure_dirs(out_root, SPLITS)
+    grouped = _tokenized(cfg, sources).map_batches(
+        windows.assign_groups, fn_kwargs={"n_parts": n_parts}, batch_format="pyarrow"
+    )
+    # The sort-based shuffle, for this dataset only: Ray 2.60's hash shuffle starts
+    # aggregator actors that swamp a small cluster, and its reduce can concatenate an empty
+    # schemaless table with typed ones (ArrowInvalid). A group still lands in one block.
+    grouped.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     rows = (
-        _tokenized(cfg, sources)
-        .map_batches(
-            windows.assign_groups,
-            fn_kwargs={"n_parts": n_parts},
-            batch_format="pyarrow",
-        )
-        # Hash-shuffle partitions: one per CPU is enough (a partition holds whole groups);
-        # Ray's default of 200 aggregators swamps a small cluster.
-        .groupby("group", num_partitions=min(2 * n_parts, _cpus()))
+        grouped.groupby("group")
         .map_groups(
             windows.pack_group,
             fn_kwargs={
