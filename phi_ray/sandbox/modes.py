@@ -38,27 +38,22 @@ class WeakSandboxError(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def _userns_works() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    try:
-        r = subprocess.run(
-            ["unshare", "-r", "-n", "-p", "-f", "-m", "--", "true"],
-            capture_output=True,
-            timeout=20,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
+    return _unshare_runs("-r")
 
 
 @functools.lru_cache(maxsize=1)
 def _root_ns_works() -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
+    return os.geteuid() == 0 and _unshare_runs()
+
+
+def _unshare_runs(*extra: str) -> bool:
+    """Whether ``unshare`` can make network, PID and mount namespaces here (``-r``: as a
+    mapped root in a new user namespace)."""
+    if not shutil.which("unshare"):
         return False
     try:
         r = subprocess.run(
-            ["unshare", "-n", "-p", "-f", "-m", "--", "true"],
+            ["unshare", *extra, "-n", "-p", "-f", "-m", "--", "true"],
             capture_output=True,
             timeout=20,
             env={"PATH": "/usr/bin:/bin"},
