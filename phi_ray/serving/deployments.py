@@ -75,7 +75,8 @@ def _pick_device() -> str:
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class CompletionModel:
-    """The phi model behind ``/v1/completions``: transformers with ``@serve.batch``, or vLLM.
+    """The phi model behind ``/v1/completions``: transformers with ``@serve.batch`` (vLLM is
+    Ray Serve LLM's deployment, :mod:`phi_ray.serving.llm_app`).
 
     A call carries one prompt's ``n`` sequences (a list of :class:`SeqSpec`); the dynamic
     batch packs calls up to ``max_batch_size`` sequences.
@@ -115,21 +116,20 @@ class CompletionModel:
 
     async def stream(self, specs: list[SeqSpec]) -> AsyncIterator[list[SeqEvent]]:
         """Yield event lists as text is generated; the last event of each sequence finishes it."""
-        engine = self.load.get()
-        # Queue depth: sequences with no output yet (continuous engines queue inside).
-        key = "running" if engine.continuous else "waiting"
-        self.counts[key] += len(specs)
+        self.load.get()  # 503 while the model loads, or with the reason it failed to
+        # Queue depth: sequences with no output yet (waiting for a batch).
+        waiting = True
+        self.counts["waiting"] += len(specs)
         try:
-            source = engine.stream(specs) if engine.continuous else self._batched(specs)
-            async for events in source:
-                if key == "waiting":
-                    self.counts[key] -= len(specs)
-                    key = ""
+            async for events in self._batched(specs):
+                if waiting:
+                    self.counts["waiting"] -= len(specs)
+                    waiting = False
                 if events:
                     yield events
         finally:
-            if key:
-                self.counts[key] -= len(specs)
+            if waiting:
+                self.counts["waiting"] -= len(specs)
 
     async def complete(self, specs: list[SeqSpec]) -> list[SeqEvent]:
         """Generate to the end; one event per sequence with its whole text."""
@@ -192,16 +192,16 @@ class CompletionModel:
 
 def _load_engine(model_dir: str, engine: str, device: str) -> Any:
     from phi_ray.runtime import pick_dtype
+    from phi_ray.train.data import localize
 
-    if engine in ("auto", "vllm") and device == "cuda":
-        from phi_ray.serving.vllm_engine import VLLMEngine, vllm_available
+    model_dir = localize(model_dir)  # an object-store model: this node's one local copy
 
-        if vllm_available():
-            return VLLMEngine.load(model_dir)
-        if engine == "vllm":
-            raise RuntimeError("serve.engine=vllm but vllm is not installed (pip install vllm)")
+    # vLLM never runs in this deployment: it is served by Ray Serve LLM's LLMServer
+    # (phi_ray.serving.llm_app), which builds its engine on the replica's own event loop.
+    # (Built here, in the loader thread, older vLLM V1 releases fail: they install signal
+    # handlers, which only the main thread may do.)
     if engine == "vllm":
-        raise RuntimeError("serve.engine=vllm needs a GPU (serve.num_gpus > 0 on a CUDA node)")
+        raise RuntimeError("serve.engine=vllm is served by phi_ray.serving.llm_app, not here")
     from phi_ray.serving.engine import HFEngine
 
     return HFEngine.load(model_dir, device=device, dtype=pick_dtype("auto", device))

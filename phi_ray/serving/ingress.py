@@ -110,9 +110,12 @@ class Ingress:
     def __init__(self, model: Any, scorer: Any | None, settings: IngressSettings) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
+        from phi_ray.train.data import localize
+
         self.model, self.scorer, self.s = model, scorer, settings
-        self.tokenizer = AutoTokenizer.from_pretrained(settings.model_dir)
-        self.context = int(AutoConfig.from_pretrained(settings.model_dir).max_position_embeddings)
+        model_dir = localize(settings.model_dir)  # an object-store model: this node's copy
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.context = int(AutoConfig.from_pretrained(model_dir).max_position_embeddings)
         self.limits = Limits(
             context=self.context,
             vocab=len(self.tokenizer),
