@@ -458,6 +458,9 @@ class TrainConfig:
     # CUDA only) and activation checkpointing per layer (selective: keep matmul outputs).
     compile: Literal["auto", "on", "off"] = "auto"
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    # The GPU the plan checks the step against on the driver, before any worker starts (a
+    # key of phi_ray.plan.GPUS); auto: the accelerator types of the cluster's live nodes.
+    gpu: Literal["auto", "a100-40gb", "a100-80gb", "h100-80gb", "h200-141gb"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", "must be > 0")
@@ -568,9 +571,20 @@ class ServeConfig:
     classifier_num_cpus: float = 0.5
     classifier_num_gpus: float = 0.0
     max_ongoing_requests: int = 256  # per ingress replica; beyond it Serve queues or sheds
+    # vLLM through Ray Serve LLM (engine vllm, or auto where CUDA and vllm are present).
+    # The Ray accelerator type its replicas need: A100 is what Ray reports for cluster.yaml's
+    # gpu_a100 (p4d.24xlarge) nodes; None: any GPU node.
+    accelerator_type: str | None = None
+    tensor_parallel_size: int = 1  # GPUs per vLLM replica
+    gpu_memory_utilization: float = 0.85  # vLLM's share of each GPU (weights + KV cache)
+    enforce_eager: bool = False  # no CUDA graphs: a faster start, a slower decode
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "port", "must be a TCP port")
+        _check(self.tensor_parallel_size > 0, "tensor_parallel_size", "must be > 0")
+        _check(
+            0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]"
+        )
         _check(self.max_batch_size > 0, "max_batch_size", "must be > 0")
         _check(1 <= self.min_replicas <= self.max_replicas, "min_replicas", "need 1 <= min <= max")
         _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")

@@ -227,17 +227,27 @@ def _quality_routes(app: FastAPI, ing: Any) -> None:
                 "--classifier DIR (serve.classifier)",
                 code="classifier_not_loaded",
             )
-        codes = [body.code] if isinstance(body.code, str) else body.code
-        if not codes:
-            raise APIError(400, "code must not be an empty list", param="code")
-        if len(codes) > ing.s.max_quality_codes:
-            raise APIError(400, f"at most {ing.s.max_quality_codes} files per request", "code")
-        for i, c in enumerate(codes):
-            if not c.strip():
-                raise APIError(400, f"code[{i}] is empty", param="code")
-        res = await ing.call(ing.scorer.score.remote(codes))
-        data = [
-            QualityScore(index=i, score=s, kept=k)
-            for i, (s, k) in enumerate(zip(res["scores"], res["kept"], strict=True))
-        ]
-        return QualityResponse(data=data, threshold=res["threshold"])
+        codes = quality_codes(body, ing.s.max_quality_codes)
+        return quality_response(await ing.call(ing.scorer.score.remote(codes)))
+
+
+def quality_codes(body: QualityRequest, max_codes: int) -> list[str]:
+    """The files of a ``/v1/quality`` request, or an APIError (both engines' ingresses)."""
+    codes = [body.code] if isinstance(body.code, str) else body.code
+    if not codes:
+        raise APIError(400, "code must not be an empty list", param="code")
+    if len(codes) > max_codes:
+        raise APIError(400, f"at most {max_codes} files per request", "code")
+    for i, c in enumerate(codes):
+        if not c.strip():
+            raise APIError(400, f"code[{i}] is empty", param="code")
+    return codes
+
+
+def quality_response(res: dict[str, Any]) -> QualityResponse:
+    """``QualityScorer.score``'s answer as the ``/v1/quality`` response."""
+    data = [
+        QualityScore(index=i, score=s, kept=k)
+        for i, (s, k) in enumerate(zip(res["scores"], res["kept"], strict=True))
+    ]
+    return QualityResponse(data=data, threshold=res["threshold"])
