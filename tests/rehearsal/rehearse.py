@@ -12,7 +12,10 @@ On this one machine, with real processes only:
 4. mid-pretrain (after its first checkpoint) one worker node is SIGKILLed, as a lost spot
    instance, and a new one joins, as the autoscaler would start; Ray Train restarts the
    worker group from the checkpoint in the bucket and the run finishes;
-5. the same command again: every stage is skipped.
+5. the same command again: every stage is skipped;
+6. ``phi-ray serve --model s3://...`` from the run's exported model (each replica loads its
+   node's copy), a completion through the real ``openai`` client, a ``/v1/quality`` score
+   from the run's classifier in the bucket, then Ctrl-C (SIGINT) shuts it down.
 
 Exit status 0 only when every check passed; each check prints one ``ok``/``FAIL`` line.
 Usage: ``python tests/rehearsal/rehearse.py [--to STAGE] [--keep]``.
@@ -122,6 +125,7 @@ class Cluster:
                 f"--ray-client-server-port={free_port()}",
                 f"--temp-dir={self.tmp / 'ray'}",
             ],
+            self.tmp / "cache-head",  # CPU-less replicas (Serve's ingress) may copy here
         )
 
     def add_worker(self, name: str) -> None:
@@ -239,6 +243,8 @@ def main() -> int:
             out2.count("up to date") == len(_stages_through(args.to)),
             "the rerun reported each stage up to date",
         )
+        if trains:
+            serve_from_the_bucket(driver_env, f"{root}/{RUN}", tmp, check)
     finally:
         cluster.stop()
         s3.stop()
@@ -246,6 +252,90 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"rehearsal: {len(check.failed)} failed check(s) in {time.time() - t_start:.0f}s")
     return 1 if check.failed else 0
+
+
+def serve_from_the_bucket(env: dict[str, str], run_uri: str, tmp: Path, check: Checks) -> None:
+    """``phi-ray serve`` of the run's exported model, straight from the object store; one
+    completion through the ``openai`` client and one quality score; then SIGINT."""
+    import httpx
+    import openai
+
+    port, key, t0 = free_port(), secrets.token_hex(16), time.time()
+    url = f"http://127.0.0.1:{port}"
+    model = f"{run_uri}/finetune/model"
+    runs_dir, run = run_uri.rsplit("/", 1)
+    cmd = [sys.executable, "-m", "phi_ray.cli", "serve", "--preset", "tiny", "--run", run]
+    cmd += ["--runs-dir", runs_dir, "--model", model, "--port", str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(env, PHI_RAY_API_KEY=key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def echo() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write(f"  | {line}")
+            if line.startswith("phi-ray serve: ") and " at http" in line:
+                ready.set()
+        ready.set()  # exited: stop waiting
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    try:
+        ready.wait(600)
+        if not check(proc.poll() is None and ready.is_set(), f"phi-ray serve --model {model}"):
+            return
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=300)
+        served = [m.id for m in client.models.list().data]
+        r = client.completions.create(
+            model=served[0], prompt="def add(a, b):\n", max_tokens=8, temperature=0
+        )
+        check(
+            isinstance(r.choices[0].text, str) and r.usage.completion_tokens >= 1,
+            f"openai completions from the bucket's model: {r.choices[0].text!r}",
+        )
+        q = httpx.post(
+            f"{url}/v1/quality",
+            json={"code": ["def f(x):\n    return x\n"]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=300,
+        )
+        check(
+            q.status_code == 200 and 0.0 <= q.json()["data"][0]["score"] <= 1.0,
+            f"/v1/quality from the run's classifier in the bucket: {q.status_code} {q.text[:200]}",
+        )
+        # localize() touches a copy each time it hands it out (evaluate made some before).
+        used = [
+            f"{d.parent.name}/{d.name}"
+            for d in tmp.glob("cache-*/*")
+            if (d / "config.json").is_file() and d.stat().st_mtime >= t0
+        ]
+        check(bool(used), f"serve's replicas read node-local copies of the model: {used}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: serve.shutdown(), then exit
+        try:
+            rc = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        reader.join(timeout=10)
+    check(
+        rc == 0 and any("shutting down" in line for line in lines),
+        f"SIGINT shut serve down (exit {rc})",
+    )
+    try:
+        httpx.get(f"{url}/v1/models", timeout=5)
+        gone = False
+    except httpx.TransportError:
+        gone = True
+    check(gone, f"nothing answers on {url} after the shutdown")
 
 
 def _stages_through(stop: str) -> list[str]:
