@@ -3,9 +3,13 @@
 For a phase (pretrain or finetune) of a preset on a GPU type and node count: per-GPU memory
 term by term (:mod:`phi_ray.plan.memory`) for DDP and FSDP, with and without activation
 checkpointing; the largest micro-batch that fits each; the accumulation that reaches the
-global batch; the step time and total hours at a stated MFU. The training loop calls
-:func:`check_device` with the device it finds and refuses a micro-batch that cannot fit,
-naming the setting that would.
+global batch; the step time and total hours at a stated MFU.
+
+A step that cannot fit is refused twice over, naming the setting that would fit: on the
+driver before the trainer starts (:func:`check_before_start`, against ``train.gpu`` or the
+accelerator types of the cluster's nodes), and in each worker against the device it finds
+(:func:`check_device`). A worker's refusal is reported, not raised: Ray Train retries every
+worker error up to ``max_failures``, and a plan that does not fit fails the same way each time.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ __all__ = [
     "Gpu",
     "Plan",
     "PlanError",
+    "check_before_start",
     "check_device",
     "check_fits",
+    "cluster_gpus",
     "largest_micro_batch",
     "layer_saved_bytes",
     "plan_memory",
@@ -143,6 +149,60 @@ def render(cfg: Config, phase: str, gpu_key: str, nodes: int, mfu: float) -> str
         f"({hours * world:.0f} GPU-hours)"
     )
     return "\n".join(lines)
+
+
+# Ray's accelerator_type resources -> the plan's table entries. Ray detects "A100" without
+# its size; a node type may also declare the sized label (cluster.yaml's p4d nodes do).
+RAY_ACCELERATORS: dict[str, tuple[str, ...]] = {
+    "A100-40G": ("a100-40gb",),
+    "A100-80G": ("a100-80gb",),
+    "A100": ("a100-40gb", "a100-80gb"),
+    "H100": ("h100-80gb",),
+    "H200": ("h200-141gb",),
+}
+
+
+def cluster_gpus(resources: dict[str, float]) -> list[str]:
+    """Plan table keys of the GPU types among a cluster's resources (``ray.cluster_resources()``
+    keys ``accelerator_type:<type>``); a sized A100 label replaces the unsized one."""
+    types = {k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")}
+    if types & {"A100-40G", "A100-80G"}:
+        types.discard("A100")
+    return sorted({g for t in types for g in RAY_ACCELERATORS.get(t, ())})
+
+
+def check_before_start(
+    cfg: Config, phase: str, resources: dict[str, float] | None = None
+) -> Plan | None:
+    """On the driver, before a GPU trainer starts: :func:`check_fits` on ``train.gpu``, or on
+    the GPU types of the cluster's live nodes (``resources``; default Ray's). With several
+    candidates (an unsized A100, mixed node types) only a step that fits none is refused;
+    each worker still checks the device it gets. None when there is nothing to check: a CPU
+    run, or no GPU node up yet (a cluster scaling from zero).
+    """
+    tc: TrainConfig = getattr(cfg, phase)
+    if not tc.use_gpu:
+        return None
+    if tc.gpu != "auto":
+        keys = [tc.gpu]
+    else:
+        if resources is None:
+            import ray
+
+            if not ray.is_initialized():
+                return None
+            resources = ray.cluster_resources()
+        keys = cluster_gpus(resources)
+    if not keys:
+        return None
+    largest_last = sorted(keys, key=lambda k: GPUS[k].memory_gib)
+    for key in largest_last[:-1]:
+        try:
+            return check_fits(cfg.model, tc, cfg.pack.seq_len, tc.num_workers, GPUS[key], phase)
+        except PlanError:
+            continue
+    gpu = GPUS[largest_last[-1]]
+    return check_fits(cfg.model, tc, cfg.pack.seq_len, tc.num_workers, gpu, phase)
 
 
 def check_device(

@@ -139,6 +139,48 @@ def _maybe_fault(fault: dict | None, step: int, rank: int, world: int) -> None:
     os._exit(1)  # a hard crash, as a lost node or OOM kill
 
 
+def write_refusal(path: str, msg: str) -> None:
+    """The refusal where the driver reads it after ``fit()`` (local or object store): Ray
+    Train hands the driver only metrics reported with a checkpoint, and a checkpoint here
+    would be resumed from."""
+    from phi_ray.runs import resolve_fs
+
+    fs, p = resolve_fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(msg.encode())
+
+
+def plan_refusal(config: dict, mcfg: ModelConfig, tc: TrainConfig, world: int, device) -> str:
+    """Why this step cannot fit this worker's device ('' when it fits), the same on all ranks.
+
+    The device is the CUDA one the worker found, or on CPU the plan table entry that
+    ``config["device_gpu"]`` names (tests of this path). Every rank takes the first refusal
+    of any rank, so all of them report it and return together (a report is a collective).
+    """
+    from phi_ray.plan import GPUS, PlanError, check_device, check_fits
+
+    phase = (config.get("logs") or {}).get("phase", "pretrain")
+    seq = int(config["seq_len"])
+    msg = ""
+    try:
+        if device.type == "cuda":
+            check_device(mcfg, tc, seq, world, device, phase)
+        elif config.get("device_gpu"):
+            check_fits(mcfg, tc, seq, world, GPUS[config["device_gpu"]], phase)
+    except PlanError as e:
+        msg = str(e)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":  # NCCL's object collectives use the current device
+            torch.cuda.set_device(device)
+        msgs: list[Any] = [None] * world
+        dist.all_gather_object(msgs, msg)
+        msg = next((m for m in msgs if m), "")
+    return msg
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker entry point; ``config`` is built by :mod:`phi_ray.train.stage`."""
     import ray.train
@@ -155,11 +197,11 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["threads"])
     dtype = pick_dtype(tc.precision, str(device))
     seed = config["seed"]
-    if device.type == "cuda":  # refuse, naming the fix, a micro-batch that cannot fit
-        from phi_ray.plan import check_device
-
-        phase = (config.get("logs") or {}).get("phase", "pretrain")
-        check_device(mcfg, tc, int(config["seq_len"]), world, device, phase)
+    refusal = plan_refusal(config, mcfg, tc, world, device)
+    if refusal:  # returned, not raised: Ray Train would retry a raise max_failures times
+        if rank == 0 and config.get("refusal_path"):
+            write_refusal(config["refusal_path"], refusal)
+        return
     model = build_train_model(mcfg, str(device), seed).to(device)  # same init on every rank
     torch.manual_seed(seed + 1 + rank)  # then dropout masks differ per rank
     resume = ray.train.get_checkpoint()

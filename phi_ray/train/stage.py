@@ -87,12 +87,19 @@ def loop_config(
 
 
 def make_trainer(cfg: Config, run: RunDir, phase: str, storage: str, name: str, loop_cfg: dict):
-    """The TorchTrainer for one phase (DDP on NCCL or gloo; FSDP2 when asked)."""
+    """The TorchTrainer for one phase (DDP on NCCL or gloo; FSDP2 when asked).
+
+    A GPU step that cannot fit the GPUs it will get is refused here, before any worker
+    starts (:class:`phi_ray.plan.PlanError`, naming the fix).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from phi_ray.plan import check_before_start
     from phi_ray.train.loop import train_loop
 
+    check_before_start(cfg, phase)
+    loop_cfg = {**loop_cfg, "refusal_path": refusal_path(storage, name)}
     tc: TrainConfig = getattr(cfg, phase)
     resources = {"CPU": tc.cpus_per_worker} | ({"GPU": 1} if tc.use_gpu else {})
     return TorchTrainer(
@@ -129,6 +136,27 @@ def _ctrl_c_is_an_interrupt(checkpoints: str):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def refusal_path(storage: str, name: str) -> str:
+    """Where rank 0 writes why the step cannot fit its device (beside the run's checkpoints)."""
+    return f"{storage}/{name}/plan_refused.txt"
+
+
+def raise_refusal(path: str) -> None:
+    """A worker found the step cannot fit its device and returned instead of training
+    (see :func:`phi_ray.train.loop.plan_refusal`): the same :class:`PlanError` here."""
+    import pyarrow.fs as pafs
+
+    from phi_ray.plan import PlanError
+
+    fs, p = resolve_fs(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return
+    with fs.open_input_stream(p) as f:
+        msg = f.read().decode()
+    fs.delete_file(p)  # a rerun with a fitting config must not find it
+    raise PlanError(msg)
 
 
 def _copy(src: str, dst: str) -> None:
@@ -185,6 +213,9 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
     with run.stage(phase, h) as out:
         if out.skipped:
             return out.result
+        from phi_ray.plan import check_before_start
+
+        check_before_start(cfg, phase)  # a step that cannot fit: refused before anything runs
         run.require("pack", needed_by=phase)
         tc: TrainConfig = getattr(cfg, phase)
         init_from = None
@@ -210,6 +241,7 @@ def _train(cfg: Config, run: RunDir, phase: str) -> StageResult:
                 f"{work}/ray-{h}: rerun `phi-ray {phase} --run {run.name}` with the same "
                 "config to resume from the latest one"
             ) from e
+        raise_refusal(refusal_path(work, f"ray-{h}"))
         info = _export(result, cfg, phase, run, out.tmp)
         _copy(f"{logs['metrics']}/metrics.jsonl", f"{out.tmp}/metrics.jsonl")
         final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
@@ -256,6 +288,7 @@ def train_on_tokens(
     trainer = make_trainer(cfg, run, phase, storage, f"ray-{name}", loop_cfg)
     with _ctrl_c_is_an_interrupt(f"{storage}/ray-{name}"):
         result = trainer.fit()
+    raise_refusal(refusal_path(storage, f"ray-{name}"))
     info = _export(result, cfg, phase, run, out_dir)
     _copy(f"{logs['metrics']}/metrics.jsonl", f"{out_dir}/metrics.jsonl")
     final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
