@@ -11,8 +11,8 @@ replicas):
   same request, limits, errors and response as on the transformers engine;
 - ``GET /healthz``: ``ok`` once the model answers its health check (``phi-ray serve`` waits
   on it, as it does on the transformers engine);
-- ``GET /tokenizer_info``: vLLM's own server has it and lm-eval's remote tokenizer reads it,
-  but Ray's ingress does not route it.
+- ``GET /health`` and ``GET /tokenizer_info`` (which lm-eval's remote tokenizer reads):
+  vLLM's own server has them, but Ray's ingress does not route them.
 
 The API key (``serve.api_key_env`` in the ingress replicas' environment) guards ``/v1/*``
 as on the transformers engine.
@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, init
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from phi_ray.serving.errors import APIError, APIKeyMiddleware, error_body
 from phi_ray.serving.routes import quality_codes, quality_response
@@ -125,6 +125,14 @@ class PhiLLMIngress(OpenAiIngress):
             return JSONResponse(error_body(503, msg, code="unavailable"), 503)
         return JSONResponse(quality_response(res).model_dump())
 
+    async def health(self) -> Response:
+        """vLLM's ``/health``: an empty 200 once every model answers its health check."""
+        for h in self._default_serve_handles.values():
+            state, why = await _state(h.check_health.remote())
+            if state != "ready":
+                return JSONResponse(error_body(503, why or state, code="unavailable"), 503)
+        return Response(status_code=200)
+
     async def healthz(self) -> JSONResponse:
         """200 once every model answers its health check; 503 with the reason otherwise."""
         models = [
@@ -159,6 +167,7 @@ ENDPOINTS = {
     **DEFAULT_ENDPOINTS,
     "quality": lambda app: app.post("/v1/quality"),
     "healthz": lambda app: app.get("/healthz"),
+    "health": lambda app: app.get("/health"),
     "tokenizer_info": lambda app: app.get("/tokenizer_info"),
 }
 

@@ -67,6 +67,7 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     from ray import serve
 
     from phi_ray.serving.app import build_app
+    from phi_ray.serving.llm_app import choose_engine
 
     model_dir, clf_dir = resolve_inputs(cfg, run)
     app = build_app(cfg.serve, model_dir, clf_dir)  # checks the inputs before deploying
@@ -77,7 +78,8 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         wait_ready(url)
-        print(f"phi-ray serve: {s.model_name} from {model_dir} at {url}/v1", flush=True)
+        engine = "vLLM (Ray Serve LLM)" if choose_engine(s) == "vllm" else "transformers"
+        print(f"phi-ray serve: {s.model_name} from {model_dir} at {url}/v1 on {engine}", flush=True)
         print(f"  classifier: {clf_dir or 'none'}; OpenAPI at {url}/docs; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)

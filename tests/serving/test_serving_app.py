@@ -22,7 +22,7 @@ from conftest import stdlib_python_files
 
 from phi_ray.config import EmbedderConfig, ServeConfig, load_config
 from phi_ray.model.phi import build_model
-from phi_ray.model.tokenizer import get_tokenizer
+from phi_ray.model.tokenizer import get_tokenizer, save_tokenizer
 from phi_ray.serving.app import build_app
 from phi_ray.serving.stage import wait_ready
 
@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 def _save_model(path: Path) -> None:
     build_model(load_config("tiny").model, seed=0).save_pretrained(path)
-    get_tokenizer().save_pretrained(path)
+    save_tokenizer(get_tokenizer(), str(path))  # as pretrain's export writes it
 
 
 def _save_classifier(path: Path) -> None:
@@ -69,6 +69,7 @@ def served(ray_session, tmp_path_factory):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     port = _free_port()
     scfg = ServeConfig(
+        engine="transformers",  # this module tests that engine (vLLM: test_serving_vllm_gpu)
         port=port,
         api_key_env=KEY_ENV,
         max_tokens_limit=LIMIT,
@@ -503,6 +504,9 @@ def test_tokenizer_health_version_and_metrics(http, served):
     assert http.post("/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": PROMPT}
     info = http.get("/tokenizer_info").json()
     assert info["eos_token"] == "<|endoftext|>" and info["model_max_length"] == 256
+    # the class the export writes, which is what vLLM's /tokenizer_info names too (the
+    # class of the tokenizer it loaded), not transformers 5's generic TokenizersBackend
+    assert info["tokenizer_class"] == "CodeGenTokenizer"
     eos = http.post("/tokenize", json={"prompt": "<|endoftext|>", "add_special_tokens": False})
     assert eos.json()["tokens"] == [50256]  # lm-eval's remote tokenizer finds EOS this way
     assert httpx.get(served["url"] + "/health").status_code == 200

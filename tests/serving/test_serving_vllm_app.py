@@ -147,9 +147,9 @@ def test_vllm_config_api_key_object_store_and_hostile_values(dirs, monkeypatch):
 def test_vllm_serve_config_and_the_pinned_extra():
     """serve/config-vllm.yaml is a valid Serve config whose args build the vLLM spec, and
     pyproject's vllm extra pins the vLLM that ray 2.60's own llm extra requires."""
-    import tomllib
     from importlib.metadata import requires
 
+    import tomllib
     from ray.serve.schema import ServeDeploySchema
 
     doc = yaml.safe_load((REPO / "serve/config-vllm.yaml").read_text())
