@@ -70,6 +70,11 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     from phi_ray.serving.llm_app import choose_engine
 
     model_dir, clf_dir = resolve_inputs(cfg, run)
+    vllm = choose_engine(cfg.serve) == "vllm"
+    if vllm:
+        # Ray Serve LLM reads the driver's runtime context while it builds the app (the
+        # LLMServer's options): without Ray up, that call would start a default local Ray
+        init_ray(cfg)
     app = build_app(cfg.serve, model_dir, clf_dir)  # checks the inputs before deploying
     init_ray(cfg)
     s = cfg.serve
@@ -78,7 +83,7 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         wait_ready(url)
-        engine = "vLLM (Ray Serve LLM)" if choose_engine(s) == "vllm" else "transformers"
+        engine = "vLLM (Ray Serve LLM)" if vllm else "transformers"
         print(f"phi-ray serve: {s.model_name} from {model_dir} at {url}/v1 on {engine}", flush=True)
         print(f"  classifier: {clf_dir or 'none'}; OpenAPI at {url}/docs; Ctrl-C stops", flush=True)
         while True:
