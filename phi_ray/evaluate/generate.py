@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # bigcode-evaluation-harness (tasks/humaneval.py, mbpp.py), plus the end-of-text token.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<|endoftext|>")
-_API_MAX_STOPS = 4  # OpenAI's limit; the rest are applied client-side
+_OPENAI_MAX_STOPS = 4  # api.openai.com's cap; the rest are applied client-side (truncate)
 
 Unit = tuple[str, int]  # (task_id, sample index)
 
@@ -225,6 +225,17 @@ def endpoint_client(base_url: str, ecfg: Any) -> tuple[Any, str]:
     return client, model
 
 
+def api_stops(base_url: str) -> list[str]:
+    """The stop sequences to send: all of them (phi-ray serve and vLLM take long lists),
+    except to OpenAI's own API, which refuses more than 4; ``truncate`` applies the rest."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "").lower()
+    if host == "api.openai.com" or host.endswith(".openai.com"):
+        return list(STOP_SEQUENCES[:_OPENAI_MAX_STOPS])
+    return list(STOP_SEQUENCES)
+
+
 def generate_endpoint(
     base_url: str, problems: list[Problem], ecfg: Any, seed: int, resume: ResumeLog
 ) -> dict[Unit, dict[str, Any]]:
@@ -236,6 +247,7 @@ def generate_endpoint(
     for t, i in _units(problems, ecfg.n_samples, set(resume.rows)):
         todo.setdefault(t, []).append(i)
     prompt = {p.task_id: p.prompt for p in problems}
+    stops = api_stops(base_url)
 
     def one(task_id: str) -> list[dict[str, Any]]:
         idxs, texts = todo[task_id], []
@@ -247,7 +259,7 @@ def generate_endpoint(
                 temperature=ecfg.temperature,
                 top_p=ecfg.top_p,
                 n=len(idxs) - len(texts),
-                stop=list(STOP_SEQUENCES[:_API_MAX_STOPS]),
+                stop=stops,
                 seed=seed,
             )
             texts += [c.text or "" for c in sorted(resp.choices, key=lambda c: c.index)]

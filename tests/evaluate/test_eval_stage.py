@@ -81,10 +81,12 @@ def test_checkpoint_generation_then_reexecution(ray_session, tmp_path, tiny_mode
 
 def test_endpoint_generation_split_and_grading(ray_session, tmp_path):
     by_prompt = {p.prompt: p for p in load_humaneval()[:4]}
+    stops_sent = []
 
     def responder(kind, body):
         if kind == "chat":
             return '{"score": 7, "rationale": "reads well"}'
+        stops_sent.append(body.get("stop"))
         p = by_prompt[body["prompt"]]
         # Canonical body for even ids, a wrong one for odd; trailing junk must be cut off.
         body_text = (
@@ -111,6 +113,8 @@ def test_endpoint_generation_split_and_grading(ray_session, tmp_path):
             json.dump(split, f)
         res = evaluate(cfg, run)
         assert srv.calls["completion"] == 4
+    # every stop sequence goes to a server that is not OpenAI's (no 4-stop cap)
+    assert stops_sent == [list(STOP_SEQUENCES)] * 4
     d = os.path.join(res.path, "humaneval")
     samples = _read(os.path.join(d, "samples.jsonl"))
     assert not any("unrelated" in s["completion"] for s in samples)
@@ -121,6 +125,16 @@ def test_endpoint_generation_split_and_grading(ray_session, tmp_path):
     assert summary["pass@1"] == pytest.approx(0.5)
     assert summary["split"]["similar"] == {"problems": 2, "pass@1": pytest.approx(0.5)}
     assert summary["grading"]["graded"] == 4 and summary["grading"]["mean_grade"] == 7
+
+
+def test_only_openais_own_api_gets_four_stops():
+    from phi_ray.evaluate.generate import api_stops
+
+    assert api_stops("https://api.openai.com/v1") == list(STOP_SEQUENCES[:4])
+    assert api_stops("http://127.0.0.1:8000/v1") == list(STOP_SEQUENCES)
+    assert len(STOP_SEQUENCES) > 4
+    # a host that merely contains the name is not OpenAI's
+    assert api_stops("http://api.openai.com.example.org/v1") == list(STOP_SEQUENCES)
 
 
 def test_clear_errors(tmp_path):
