@@ -239,9 +239,10 @@ def main() -> int:
         rc2, out2 = run_pipeline(cmd, driver_env)
         ran = re.findall(r"\[(\w+)\] done in", out2)
         check(rc2 == 0 and not ran, f"the rerun skipped every stage (ran: {ran or 'none'})")
+        fresh = re.findall(r"^\[(\w+)\] up to date", out2, flags=re.M)
         check(
-            out2.count("up to date") == len(_stages_through(args.to)),
-            "the rerun reported each stage up to date",
+            fresh == _stages_through(args.to),
+            f"the rerun reported each stage up to date, in order: {fresh}",
         )
         if trains:
             serve_from_the_bucket(driver_env, f"{root}/{RUN}", tmp, check)
