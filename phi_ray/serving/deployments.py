@@ -207,6 +207,29 @@ def _load_engine(model_dir: str, engine: str, device: str) -> Any:
     return HFEngine.load(model_dir, device=device, dtype=pick_dtype("auto", device))
 
 
+def replica_device(gpu_ids: list | None = None, cuda: bool | None = None) -> str:
+    """Where a replica's torch model goes: CUDA when Ray assigned the replica a GPU or a share
+    of one (``ray.get_gpu_ids()``; Ray then makes that GPU the visible one) and torch sees
+    it, else CPU. A replica with no GPU share stays on CPU even on a GPU node, where the GPU
+    belongs to another replica's reservation."""
+    if gpu_ids is None:
+        import ray
+
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    if not gpu_ids:
+        return "cpu"
+    if cuda is None:
+        from phi_ray.runtime import cuda_available
+
+        cuda = cuda_available()
+    if not cuda:
+        logging.getLogger("phi_ray.serving").warning(
+            "Ray assigned GPU %s but torch sees no CUDA device: loading on CPU", gpu_ids
+        )
+        return "cpu"
+    return "cuda"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class QualityScorer:
     """The quality classifier behind ``/v1/quality``: batched embed + random-forest predict."""
@@ -219,7 +242,8 @@ class QualityScorer:
     def _load(self) -> Any:
         from phi_ray.quality.classifier import QualityClassifier
 
-        return QualityClassifier.load(self.classifier_dir)
+        # the embedder on the GPU share this deployment holds (classifier_num_gpus), if any
+        return QualityClassifier.load(self.classifier_dir, device=replica_device())
 
     def status(self) -> dict[str, Any]:
         return {"state": self.load.state, "detail": self.load.error}

@@ -98,10 +98,17 @@ def llm_config(scfg: ServeConfig, model_dir: str) -> Any:
         "gpu_memory_utilization": scfg.gpu_memory_utilization,
         "enforce_eager": scfg.enforce_eager,
     }
+    extra: dict[str, Any] = {}
+    if 0 < scfg.num_gpus < 1 and scfg.tensor_parallel_size == 1:
+        # a share of one GPU (Ray Serve LLM's fractional-GPU placement), leaving the rest of
+        # it to the classifier (serve.classifier_num_gpus): both fit a 1-GPU node.
+        # gpu_memory_utilization must leave the classifier its memory.
+        extra["placement_group_config"] = {"bundles": [{"GPU": scfg.num_gpus}]}
     return _llm_config_cls()(
         model_loading_config={"model_id": scfg.model_name, "model_source": source},
         accelerator_type=scfg.accelerator_type,
         engine_kwargs=engine_kwargs,
+        **extra,
         deployment_config={
             **_replicas(scfg),
             "ray_actor_options": {"num_cpus": scfg.num_cpus},
