@@ -10,6 +10,14 @@ client (the stage's driver) resets it on start and kills it on close. A lease wh
 died (SIGKILL, node loss) expires after ``ttl_s`` (longer than any one HTTP attempt), so
 a crashed worker cannot leak slots for good.
 
+A caller killed while it *waits* for a slot leaves its ``acquire`` running in the actor
+(Ray does not cancel an actor call whose caller died), and that call would later take a
+slot nobody releases (the resumed stage then waited the whole TTL). So the actor never
+waits long on a caller's behalf: each ``acquire`` call waits at most ``WAIT_S`` and the
+client calls again, and every owner reset starts a new *generation* that wakes and
+refuses the waiters of the old one. A dead waiter can hold a slot only if one freed in
+the ``WAIT_S`` after its death, and then only until the owner's next reset or the TTL.
+
 Without Ray (plain scripts, unit tests) the same core runs in-process. Rate limits that a
 provider enforces per minute are left to the 429 / Retry-After handling: the server knows
 its quota better than any client-side guess.
@@ -27,6 +35,9 @@ from typing import Any
 from phi_ray.llm.budget import Ledger, Worst
 
 NAMESPACE = "phi_ray"
+WAIT_S = 1.0  # the longest one actor call waits for a slot (see the module docstring)
+RETRY = "retry: no slot yet"  # acquire's reason when its wait ran out: call again
+STALE = "stale: the limiter was reset"  # the caller's generation is gone: resync, call again
 
 
 class LimiterCore:
@@ -39,6 +50,7 @@ class LimiterCore:
         self.refused: str | None = None  # latched: once a budget stops, everyone stops
         self.active: dict[str, tuple[float, tuple[int, float]]] = {}
         self.configured = False
+        self.generation = 0  # bumped by every owner reset
         self._cond: asyncio.Condition | None = None
 
     def _condition(self) -> asyncio.Condition:
@@ -55,17 +67,23 @@ class LimiterCore:
         spent: tuple[int, float],
         reset: bool,
         out_ratio: float | None = None,
-    ) -> None:
-        """Set limits; ``reset`` (the owner, at stage start) also clears spend and leases.
-        ``out_ratio``: what the cache's history says about answers past max_tokens."""
+    ) -> int:
+        """Set limits; ``reset`` (the owner, at stage start) also clears spend and leases
+        and starts a new generation. ``out_ratio``: what the cache's history says about
+        answers past max_tokens. Returns the generation the caller's acquires carry."""
         if self.configured and not reset:
-            return
+            return self.generation
         self.limit, self.ttl_s = limit, ttl_s
         self.ledger = Ledger(max_tokens, max_usd, spent[0], spent[1])
         if out_ratio is not None:
             self.ledger.out_ratio = max(1.0, out_ratio)
             self.ledger.calibrated = True
         self.refused, self.active, self.configured = None, {}, True
+        self.generation += 1
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()  # the old generation's waiters (maybe dead callers) give up
+        return self.generation
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -80,19 +98,28 @@ class LimiterCore:
         led = self.ledger
         return 1 if led.capped and not led.calibrated else self.limit
 
-    async def acquire(self, worst: Worst) -> tuple[str | None, str | None]:
+    async def acquire(
+        self, worst: Worst, generation: int | None = None, wait_s: float | None = None
+    ) -> tuple[str | None, str | None]:
         """Wait for a slot and reserve the call's worst case: (lease, None), or (None, why
-        refused)."""
+        refused). With ``wait_s``, (None, RETRY) once that long passed without a slot; with
+        ``generation``, (None, STALE) once an owner reset made it old."""
         cond = self._condition()
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         async with cond:
             while True:
+                if generation is not None and generation != self.generation:
+                    return None, STALE
                 if self.refused:
                     return None, self.refused
                 self._reap()
                 if len(self.active) < self._slots():
                     break
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return None, RETRY
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                    await asyncio.wait_for(cond.wait(), timeout=1.0)
+                    await asyncio.wait_for(cond.wait(), timeout=min(1.0, left))
             tokens, usd = self.ledger.worst(worst)
             why = self.ledger.refusal(tokens, usd)
             if why is not None:
@@ -119,6 +146,9 @@ class LimiterCore:
             else:
                 cond.notify(1)
 
+    async def current_generation(self) -> int:
+        return self.generation
+
     async def snapshot(self) -> dict[str, Any]:
         led = self.ledger
         return {
@@ -129,6 +159,7 @@ class LimiterCore:
             "reserved_tokens": led.reserved_tokens,
             "out_ratio": led.out_ratio,
             "refused": self.refused,
+            "generation": self.generation,
         }
 
 
@@ -170,12 +201,19 @@ class RayLimiter:
         self.handle = actor_cls.options(
             name=self.name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
         ).remote()
+        self.generation: int | None = None
 
     async def configure(self, *args: Any) -> None:
-        await self.handle.configure.remote(*args)
+        self.generation = await self.handle.configure.remote(*args)
 
     async def acquire(self, worst: Worst) -> tuple[str | None, str | None]:
-        return await self.handle.acquire.remote(worst)
+        # Short calls, repeated: a call the actor holds must not outlive its caller by much.
+        while True:
+            lease, why = await self.handle.acquire.remote(worst, self.generation, WAIT_S)
+            if why == STALE:  # another owner reset it (a resumed stage): join the new one
+                self.generation = await self.handle.current_generation.remote()
+            elif why != RETRY:
+                return lease, why
 
     async def release(self, lease: str, tokens: int, usd: float, ratio: float | None) -> None:
         # Fire and forget: the caller need not wait a round trip to go on.

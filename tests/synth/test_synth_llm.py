@@ -186,9 +186,6 @@ def _cache_entries(run: RunDir) -> int:
         return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
 
-# slow: in the full suite the resumed run waits on the killed run's LLM limiter slots (up
-# to their lease TTL) and has hit the 600 s timeout; alone it passes in ~4.5 min. Open in #15.
-@pytest.mark.slow
 def test_killed_run_resumes_from_the_cache(tmp_path, ray_session):
     n = 24
     with OpenAITestServer(Responder(), latency_s=0.15) as srv:
