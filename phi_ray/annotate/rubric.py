@@ -91,10 +91,9 @@ def parse_answer(text: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             obj = None
         if isinstance(obj, dict) and "score" in obj:
-            return {
-                "score": _score(obj["score"]),
-                "rationale": str(obj.get("rationale", ""))[:1000],
-            }
+            # "\ud800" in the answer's JSON is a lone surrogate: no Parquet can hold it.
+            why = re.sub("[\ud800-\udfff]", "\ufffd", str(obj.get("rationale", "")))
+            return {"score": _score(obj["score"]), "rationale": why[:1000]}
     m = _SCORE.search(text or "")
     if m:
         return {"score": _score(m.group(1)), "rationale": ""}

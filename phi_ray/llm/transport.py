@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections import Counter
 from typing import Any
 
@@ -238,8 +239,25 @@ def endpoint_id(cfg: Any) -> str:
     return getattr(cfg, "endpoint_id", None) or (cfg.base_url or "").rstrip("/")
 
 
+# A usage count above this is clamped to it: SQLite's integers are 64-bit, so a hostile or
+# broken server's 10**20 would raise OverflowError after the body was committed, out of the
+# batch and out of every rerun that settles it. Clamped, it still exhausts any budget.
+MAX_USAGE_COUNT = 1 << 40
+
+
 def _count(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return min(v, MAX_USAGE_COUNT) if ok else None
+
+
+def _unicode(s: str) -> str:
+    """``s`` with any lone surrogate (JSON can escape one: ``"\\ud800"``) as U+FFFD: such
+    text is not Unicode, so the cache (SQLite), a parser or a stage's Parquet write would
+    raise on it."""
+    return _SURROGATE.sub("\ufffd", s)  # a str never holds a *paired* surrogate
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _texts(obj: Any, kind: str) -> list[str]:
@@ -297,8 +315,8 @@ def parse_body(raw: bytes, sent: Sent, prices: dict[str, dict[str, float]]) -> C
     model = sent.model
     answered = obj.get("model") if isinstance(obj, dict) else None
     return CachedAnswer(
-        texts,
-        answered if isinstance(answered, str) and answered else model,
+        [_unicode(t) for t in texts],
+        _unicode(answered) if isinstance(answered, str) and answered else model,
         pt,
         ct,
         cost_usd(model, pt, ct, prices),
