@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow check-clients lint format bench install install-dev clean check-compat check-floors rehearse
+.PHONY: demo test test-slow check-clients lint format bench install install-dev clean check-compat check-floors rehearse bench-scale
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -63,6 +63,11 @@ check-floors: install-dev
 ## bench: each benchmark prints ratios against a baseline run in the same process
 bench: install-dev
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+## bench-scale: `phi-ray run --to pack` on Stack-layout corpora 10x apart: driver peak RSS
+## (sampled from outside) and seconds per file per stage (~20 min on 2 cores; run it alone)
+bench-scale: install-dev
+	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 ## rehearse: the tiny pipeline on a 3-node local Ray cluster, runs dir on a local S3 server
 ## (moto), a worker node killed mid-pretrain, then a rerun that skips every stage
