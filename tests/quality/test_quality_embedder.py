@@ -139,3 +139,27 @@ def test_sdpa_bf16_on_gpu_matches_eager_fp32(texts):
     a, b = gpu.embed_tokens(rows), ref.embed_tokens(rows)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.999, cos.min()
+
+
+def test_codegen_gelu_runs_as_one_kernel_with_the_same_vectors(texts, tmp_path):
+    """CodeGen's gelu_new (eight elementwise passes) becomes gelu_pytorch_tanh (one kernel,
+    the same function), for the tiny model and for a pretrained directory alike."""
+    from transformers.activations import ACT2FN
+
+    from phi_ray.model.tokenizer import save_tokenizer
+
+    fused = Embedder(_cfg(tiny_hidden=64, tiny_heads=8), seed=3)
+    assert fused.model.config.activation_function == "gelu_pytorch_tanh"
+    unfused = Embedder(_cfg(tiny_hidden=64, tiny_heads=8), seed=3)
+    for block in unfused.model.h:
+        block.mlp.act = ACT2FN["gelu_new"]
+    rows = fused.tokenize(texts[:12])
+    want = unfused.embed_tokens(rows)
+    np.testing.assert_allclose(fused.embed_tokens(rows), want, rtol=1e-5, atol=1e-6)
+    # a checkpoint whose config says gelu_new (as codegen-350M-mono's does) loads fused
+    unfused.model.config.activation_function = "gelu_new"
+    unfused.model.save_pretrained(tmp_path)
+    save_tokenizer(unfused.tokenizer, str(tmp_path))
+    loaded = Embedder(_cfg(model=str(tmp_path)), seed=3)
+    assert loaded.model.config.activation_function == "gelu_pytorch_tanh"
+    np.testing.assert_allclose(loaded.embed_tokens(rows), want, rtol=1e-5, atol=1e-6)
