@@ -7,7 +7,9 @@
 
 In one run, with the same model, batch, data and thread count:
 
-1. a plain single-process PyTorch loop (AdamW, accumulation, clipping; no Ray) -> tokens/s;
+1. a plain single-process PyTorch loop running the worker's own step (the same model, fused
+   loss, AdamW, accumulation, clipping; no Ray) -> tokens/s, before and after (2), with Ray
+   already started for both;
 2. ``phi-ray pretrain`` (Ray Train TorchTrainer, one worker) -> tokens/s from its
    ``metrics.jsonl`` (per-step time measured inside the worker, as the plain loop's);
 3. ratio (2)/(1) (target >= 0.95) and the CPU's MFU against its measured fp32 matmul FLOP/s
@@ -47,15 +49,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "train
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
-def plain_loop(cfg, windows, steps: int, device: str = "cpu", dtype=torch.float32) -> list[float]:
-    """A plain PyTorch loop over the same batches; returns per-step seconds."""
-    from phi_ray.model.phi import build_model
+def plain_loop(
+    cfg, windows, steps: int, device: str = "cpu", dtype=torch.float32, same_step: bool = True
+) -> list[float]:
+    """A plain PyTorch loop over the same batches; returns per-step seconds.
+
+    ``same_step``: the model and loss the Ray Train worker runs (PhiForTraining and its
+    fused cross-entropy, layers prepared as configured), so that Ray against plain compares
+    the harness alone; else transformers' model with full logits (the GPU MFU figures).
+    """
+    from phi_ray.model.phi import build_model, build_train_model, prepare_layers
     from phi_ray.train.data import BatchPlan
-    from phi_ray.train.loop import lr_lambda, make_optimizer
+    from phi_ray.train.loop import _loss, lr_lambda, make_optimizer
 
     tc = cfg.pretrain
-    model = build_model(cfg.model, device, cfg.run.seed).to(device)
-    optim = make_optimizer(model, tc, torch.device(device))
+    dev = torch.device(device)
+    if same_step:
+        model = build_train_model(cfg.model, device, cfg.run.seed).to(device)
+        compile_on = tc.compile == "on" or (tc.compile == "auto" and dev.type == "cuda")
+        prepare_layers(model, tc.activation_checkpointing, compile_on)
+    else:
+        model = build_model(cfg.model, device, cfg.run.seed).to(device)
+    optim = make_optimizer(model, tc, dev)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(tc))
     plan = BatchPlan(len(windows), cfg.run.seed, tc.global_batch, 1, tc.micro_batch)
     times = []
@@ -63,6 +78,9 @@ def plain_loop(cfg, windows, steps: int, device: str = "cpu", dtype=torch.float3
         t0 = time.perf_counter()
         for m in range(plan.accum):
             w = torch.from_numpy(windows.take(plan.indices(step, 0, m))).to(device)
+            if same_step:
+                (_loss(model, w, dtype, dev) / plan.accum).backward()
+                continue
             with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
                 logits = model(input_ids=w[:, :-1]).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten())
@@ -113,13 +131,17 @@ def cpu_bench(args) -> None:
     torch.set_num_threads(args.threads)
     warm = 2
 
-    plain = plain_loop(cfg, windows, args.steps)[warm:]
-    print(f"plain loop done: median step {statistics.median(plain):.3f} s", flush=True)
+    # plain, Ray, plain: load that drifts on a shared machine hits both alike; Ray is
+    # started before the first plain loop, so its idle daemons run under both
     init_ray(cfg)
+    plain = plain_loop(cfg, windows, args.steps)[warm:]
+    print(f"plain loop 1 done: median step {statistics.median(plain):.3f} s", flush=True)
     try:
         res = pretrain(cfg, run)
         with open(os.path.join(res.path, "metrics.jsonl")) as f:
             ray_times = [json.loads(line)["step_time_s"] for line in f][warm:]
+        print(f"Ray Train done: median step {statistics.median(ray_times):.3f} s", flush=True)
+        plain += plain_loop(cfg, windows, args.steps)[warm:]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -171,7 +193,9 @@ def gpu_bench(args) -> None:
                 over.append(f"model.n_layer={layers}")
             cfg = load_config(preset, over)
             try:
-                times = plain_loop(cfg, _Windows(256, cfg.pack.seq_len), 8, "cuda", torch.bfloat16)
+                times = plain_loop(
+                    cfg, _Windows(256, cfg.pack.seq_len), 8, "cuda", torch.bfloat16, False
+                )
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 continue
@@ -311,6 +335,7 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="also measure GPU MFU (needs CUDA)")
     p.add_argument("--gpu-micro", type=int, default=4)
     p.add_argument("--step", action="store_true", help="only the new-vs-old step comparison")
+    p.add_argument("--ray", action="store_true", help="only Ray Train against the plain loop")
     p.add_argument("--step-layers", type=int, default=2)
     p.add_argument("--step-seq", type=int, default=2048)
     p.add_argument("--step-micro", type=int, default=1)
@@ -322,6 +347,8 @@ def main() -> None:
         step_bench(args)
         return
     cpu_bench(args)
+    if args.ray:
+        return
     step_bench(args)
     if args.gpu or torch.cuda.is_available():
         gpu_bench(args)

@@ -95,6 +95,7 @@ class PhiForTraining(PhiForCausalLM):
             return super().forward(input_ids=input_ids, **kwargs)
         from phi_ray.model.loss import linear_cross_entropy
 
+        kwargs.setdefault("use_cache", False)  # training: no KV cache to build per layer
         h = self.model(input_ids=input_ids, **kwargs).last_hidden_state  # (B, T, H)
         return linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, labels)
 
