@@ -11,7 +11,9 @@ In one run, with the same model, batch, data and thread count:
    loss, AdamW, accumulation, clipping; no Ray) -> tokens/s, before and after (2), with Ray
    already started for both;
 2. ``phi-ray pretrain`` (Ray Train TorchTrainer, one worker) -> tokens/s from its
-   ``metrics.jsonl`` (per-step time measured inside the worker, as the plain loop's);
+   ``metrics.jsonl`` (per-step time measured inside the worker, as the plain loop's), twice:
+   with the worker at Ray's own nice 15 and as phi-ray starts it (nice 0, see
+   ``phi_ray/train/stage.py``), each followed by another plain loop;
 3. ratio (2)/(1) (target >= 0.95) and the CPU's MFU against its measured fp32 matmul FLOP/s
    (formula in ``phi_ray/train/metrics.py``).
 
@@ -102,65 +104,87 @@ def cpu_bench(args) -> None:
     from phi_ray.model.tokenizer import get_tokenizer
     from phi_ray.runs import RunDir
     from phi_ray.runtime import init_ray
+    from phi_ray.train import stage
     from phi_ray.train.data import TokenWindows
     from phi_ray.train.metrics import cpu_matmul_flops, model_flops_per_token
     from phi_ray.train.stage import pretrain
 
     root = tempfile.mkdtemp(prefix="phi-ray-bench-")
-    cfg = train_cfg(
-        root,
-        "bench",
-        f"model.hidden_size={args.hidden}",
-        f"model.intermediate_size={4 * args.hidden}",
-        f"model.n_layer={args.layers}",
-        f"pack.seq_len={args.seq}",
-        f"model.max_position_embeddings={max(args.seq, 128)}",
-        f"pretrain.max_steps={args.steps}",
-        f"pretrain.global_batch={args.global_batch}",
-        f"pretrain.micro_batch={args.micro}",
-        f"pretrain.checkpoint_every={args.steps}",
-        f"pretrain.eval_every={args.steps}",
-        "pretrain.eval_batches=1",
-        f"pretrain.cpus_per_worker={args.threads}",
-        "pretrain.progress=false",
-        f"run.num_cpus={args.threads}",
-    )
+
+    def bench_cfg(name: str):
+        return train_cfg(
+            root,
+            name,
+            f"model.hidden_size={args.hidden}",
+            f"model.intermediate_size={4 * args.hidden}",
+            f"model.n_layer={args.layers}",
+            f"pack.seq_len={args.seq}",
+            f"model.max_position_embeddings={max(args.seq, 128)}",
+            f"pretrain.max_steps={args.steps}",
+            f"pretrain.global_batch={args.global_batch}",
+            f"pretrain.micro_batch={args.micro}",
+            f"pretrain.checkpoint_every={args.steps}",
+            f"pretrain.eval_every={args.steps}",
+            "pretrain.eval_batches=1",
+            f"pretrain.cpus_per_worker={args.threads}",
+            "pretrain.progress=false",
+            f"run.num_cpus={args.threads}",
+        )
+
+    cfg = bench_cfg("bench")
     run = RunDir.from_config(cfg)
     write_pack(run, get_tokenizer(), seq_len=args.seq, n_files=60)
     windows = TokenWindows(run.path("pack", "pretrain", "train"))
     torch.set_num_threads(args.threads)
     warm = 2
 
-    # plain, Ray, plain: load that drifts on a shared machine hits both alike; Ray is
-    # started before the first plain loop, so its idle daemons run under both
+    # plain, Ray as Ray starts workers (nice 15), plain, Ray as phi-ray starts them (nice 0),
+    # plain: load that drifts on a shared machine hits every arm alike. Ray is started
+    # before the first plain loop, so its idle daemons run under all of them.
+    arms = {"ray-nice15": {}, "ray": stage.WORKER_RUNTIME_ENV}
+    ray_times: dict[str, list[float]] = {}
     init_ray(cfg)
     plain = plain_loop(cfg, windows, args.steps)[warm:]
-    print(f"plain loop 1 done: median step {statistics.median(plain):.3f} s", flush=True)
+    print(f"plain loop done: median step {statistics.median(plain):.3f} s", flush=True)
     try:
-        res = pretrain(cfg, run)
-        with open(os.path.join(res.path, "metrics.jsonl")) as f:
-            ray_times = [json.loads(line)["step_time_s"] for line in f][warm:]
-        print(f"Ray Train done: median step {statistics.median(ray_times):.3f} s", flush=True)
-        plain += plain_loop(cfg, windows, args.steps)[warm:]
+        for arm, env in arms.items():
+            acfg = bench_cfg(arm)  # its own run: the stage would skip a finished one
+            arun = RunDir.from_config(acfg)
+            write_pack(arun, get_tokenizer(), seq_len=args.seq, n_files=60)
+            stage.WORKER_RUNTIME_ENV = env
+            res = pretrain(acfg, arun)
+            with open(os.path.join(res.path, "metrics.jsonl")) as f:
+                ray_times[arm] = [json.loads(line)["step_time_s"] for line in f][warm:]
+            med = statistics.median(ray_times[arm])
+            print(f"{arm} done: median step {med:.3f} s", flush=True)
+            plain += plain_loop(cfg, windows, args.steps)[warm:]
+            print(f"plain loop done: median step {statistics.median(plain):.3f} s", flush=True)
     finally:
+        stage.WORKER_RUNTIME_ENV = arms["ray"]
         shutil.rmtree(root, ignore_errors=True)
 
     tokens = args.global_batch * args.seq
     tps_plain = tokens / statistics.median(plain)
-    tps_ray = tokens / statistics.median(ray_times)
     fpt = model_flops_per_token(build_model(cfg.model), args.seq)
     peak = cpu_matmul_flops()
     print(
         f"model: {args.layers} layers, hidden {args.hidden}, seq {args.seq}, "
-        f"batch {args.global_batch} (micro {args.micro}), {args.threads} threads, {args.steps} steps"
+        f"batch {args.global_batch} (micro {args.micro}), {args.threads} threads, {args.steps} "
+        f"steps ({warm} warm-up steps dropped per loop); load now {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"plain PyTorch loop : {tps_plain:10.0f} tokens/s  (median step {statistics.median(plain):.3f} s)"
+        f"plain PyTorch loop (3 runs)     : {tps_plain:8.0f} tokens/s  "
+        f"(median step {statistics.median(plain):.3f} s)"
     )
-    print(
-        f"Ray Train, 1 worker: {tps_ray:10.0f} tokens/s  (median step {statistics.median(ray_times):.3f} s)"
-    )
-    print(f"ratio Ray/plain    : {tps_ray / tps_plain:.3f}  (target >= 0.95)")
+    what = {"ray-nice15": "Ray Train, Ray's nice 15", "ray": "Ray Train, worker at nice 0"}
+    for arm, times in ray_times.items():
+        tps = tokens / statistics.median(times)
+        print(
+            f"{what[arm]:32}: {tps:8.0f} tokens/s  (median step {statistics.median(times):.3f} "
+            f"s); ratio to plain {tps / tps_plain:.3f}"
+            + ("  (target >= 0.95)" if arm == "ray" else "")
+        )
+    tps_ray = tokens / statistics.median(ray_times["ray"])
     print(
         f"CPU peak (measured fp32 matmul): {peak / 1e9:.1f} GFLOP/s; flops/token {fpt / 1e6:.1f} M"
     )

@@ -86,6 +86,13 @@ def loop_config(
     }
 
 
+# Ray starts every worker process at nice 15 (its worker_niceness) so that the raylet and GCS
+# win the CPU. A training worker is the job itself: at 15 it loses each core to any process
+# at the normal priority (a plain PyTorch loop runs at 0), which on a shared node was the
+# Ray-vs-plain gap of bench/train.py. Ray reads this at the worker's start; no privileges.
+WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
 def make_trainer(cfg: Config, run: RunDir, phase: str, storage: str, name: str, loop_cfg: dict):
     """The TorchTrainer for one phase (DDP on NCCL or gloo; FSDP2 when asked).
 
@@ -112,6 +119,7 @@ def make_trainer(cfg: Config, run: RunDir, phase: str, storage: str, name: str, 
         run_config=RunConfig(
             name=name,
             storage_path=storage,
+            worker_runtime_env=WORKER_RUNTIME_ENV,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
         ),
