@@ -225,6 +225,18 @@ def endpoint_client(base_url: str, ecfg: Any) -> tuple[Any, str]:
     return client, model
 
 
+_MAX_EMPTY_ANSWERS = 3
+
+
+def _choice_texts(resp: Any) -> list[str]:
+    """The texts of a completion response's choices in index order; the client does not
+    validate them, so a text that is not a string is an empty completion (a failed
+    sample), never an exception out of the stage."""
+    choices = [c for c in (getattr(resp, "choices", None) or []) if c is not None]
+    choices.sort(key=lambda c: i if isinstance(i := getattr(c, "index", None), int) else 0)
+    return [t if isinstance(t := getattr(c, "text", None), str) else "" for c in choices]
+
+
 def api_stops(base_url: str) -> list[str]:
     """The stop sequences to send: all of them (phi-ray serve and vLLM take long lists),
     except to OpenAI's own API, which refuses more than 4; ``truncate`` applies the rest."""
@@ -250,8 +262,13 @@ def generate_endpoint(
     stops = api_stops(base_url)
 
     def one(task_id: str) -> list[dict[str, Any]]:
-        idxs, texts = todo[task_id], []
+        idxs, texts, empty = todo[task_id], [], 0
         while len(texts) < len(idxs):  # servers may return fewer choices than n
+            if empty == _MAX_EMPTY_ANSWERS:  # ...but one that returns none would loop forever
+                raise ConnectionError(
+                    f"evaluate.endpoint {base_url}: {empty} answers in a row for {task_id} "
+                    "had no choices"
+                )
             resp = client.completions.create(
                 model=model,
                 prompt=prompt[task_id],
@@ -262,7 +279,9 @@ def generate_endpoint(
                 stop=stops,
                 seed=seed,
             )
-            texts += [c.text or "" for c in sorted(resp.choices, key=lambda c: c.index)]
+            got = _choice_texts(resp)
+            empty = 0 if got else empty + 1
+            texts += got
         return [_row((task_id, i), raw) for i, raw in zip(idxs, texts, strict=False)]
 
     bar = tqdm(total=sum(map(len, todo.values())), desc="generate", unit="sample")
