@@ -341,7 +341,7 @@ def _traced_driver(argv: list[str]) -> int:
 
     from phi_ray import cli, stages
 
-    tracemalloc.start(8)
+    tracemalloc.start(1)  # one frame: deeper tracebacks slow Ray's driver loop ~10x
     load = stages.Stage.load
 
     def traced_load(self: stages.Stage):
@@ -357,12 +357,11 @@ def _traced_driver(argv: list[str]) -> int:
             finally:
                 after = tracemalloc.take_snapshot()
                 cur, peak = tracemalloc.get_traced_memory()
-                diff = after.compare_to(before, "traceback")
+                diff = after.compare_to(before, "lineno")
                 print(f"[trace] {self.name}: traced now {cur / MIB:.1f} MiB, "
                       f"peak {peak / MIB:.1f} MiB; top growth:")  # fmt: skip
                 for d in diff[:6]:
-                    fr = [f for f in d.traceback if "phi_ray" in f.filename] or d.traceback
-                    f = fr[-1] if fr is not d.traceback else fr[0]
+                    f = d.traceback[0]
                     print(f"[trace]   {d.size_diff / MIB:+8.2f} MiB {d.count_diff:+8d} blocks  "
                           f"{f.filename.split('site-packages/')[-1]}:{f.lineno}")  # fmt: skip
                 sys.stdout.flush()
