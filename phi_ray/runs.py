@@ -95,6 +95,18 @@ def tree_fingerprint(
     return h.hexdigest()[:16]
 
 
+def files_fingerprint(*paths: str | None) -> str:
+    """A fingerprint of input files or trees a config names only by path (a topic tree, a
+    local MBPP file): a config hash sees the path, not the bytes, so an edited file would
+    leave its stage "up to date". Each is :func:`tree_fingerprint` over every file (sizes
+    and mtimes), resolved as the readers resolve it; None and "" are left out, and a name
+    that is no path here (a hub id) fingerprints as missing."""
+    from phi_ray.config import resolve_path
+
+    parts = [f"{p}={tree_fingerprint(str(resolve_path(p)), ('',))}" for p in paths if p]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] if parts else ""
+
+
 def _hash_stat(h: Any, rel: str, path: str) -> None:
     try:
         st = os.stat(path)  # through a link: a changed target is a changed input

@@ -48,7 +48,7 @@ from phi_ray.decontam.sweep import (
     row_report,
     tau_name,
 )
-from phi_ray.runs import RunDir, StageResult
+from phi_ray.runs import RunDir, StageResult, files_fingerprint
 from phi_ray.runtime import init_ray
 
 log = logging.getLogger("phi_ray.decontam")
@@ -58,7 +58,10 @@ STAGE = "decontam"
 def config_hash(cfg: Config, run: RunDir) -> str:
     """decontam's section, the embedder it uses (and its seed), and the upstream stages."""
     upstream = tuple(dict.fromkeys(_stage_of(n) for n in cfg.decontam.datasets))
-    base = run.config_hash(cfg, (STAGE,), upstream=upstream)
+    # a local MBPP file is named by its path only: its edits must rerun decontam too
+    base = run.config_hash(
+        cfg, (STAGE,), upstream=upstream, inputs=files_fingerprint(cfg.decontam.mbpp_path)
+    )
     extra = ""
     if cfg.decontam.candidates == "knn":
         extra = json.dumps(

@@ -31,7 +31,7 @@ from phi_ray.evaluate.problems import (
     benchmark_name,
     load_benchmark,
 )
-from phi_ray.runs import RunDir, StageResult
+from phi_ray.runs import RunDir, StageResult, files_fingerprint
 from phi_ray.runtime import init_ray
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def _fingerprint(kind: str, where: str, cfg: Config) -> str:
             h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     elif kind == "endpoint":
         h.update(str(cfg.evaluate.endpoint_model).encode())
+    h.update(files_fingerprint(cfg.evaluate.mbpp_path).encode())  # a local MBPP file's edits
     return h.hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from phi_ray.config import Config
-from phi_ray.runs import RunDir, StageResult
+from phi_ray.runs import RunDir, StageResult, files_fingerprint
 from phi_ray.runtime import init_ray
 from phi_ray.synth import diversity, postprocess
 from phi_ray.synth.mine import mine_exercises
@@ -39,6 +39,19 @@ def resolve_source(cfg: Config) -> str:
             "set it, or use synth.source=mined to mine exercises offline"
         )
     return src
+
+
+def stage_hash(cfg: Config, run: RunDir) -> str:
+    """synth's sections, score's output when exercises are mined, and the topic tree's
+    file when an LLM writes from it (edited in place, it is new input under the same path)."""
+    source = resolve_source(cfg)
+    mining = source == "mined" and "exercises" in cfg.synth.kinds
+    return run.config_hash(
+        cfg,
+        ("synth", "llm") if source == "llm" else ("synth",),
+        ("score",) if mining else (),
+        inputs=files_fingerprint(cfg.synth.topic_tree) if source == "llm" else "",
+    )
 
 
 def _carry_over(run: RunDir, out_dir: str, kind: str) -> bool:
@@ -80,9 +93,7 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     init_ray(cfg)
     source = resolve_source(cfg)
     mining = source == "mined" and "exercises" in cfg.synth.kinds
-    h = run.config_hash(
-        cfg, ("synth", "llm") if source == "llm" else ("synth",), ("score",) if mining else ()
-    )
+    h = stage_hash(cfg, run)
     with run.stage(STAGE, h) as out:
         if out.skipped:
             return out.result
