@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from phi_ray.config import ConfigError, ServeConfig, load_config
@@ -20,8 +21,9 @@ from phi_ray.serving.app import build_app
 from phi_ray.serving.llm_app import VLLM_VERSION, choose_engine, vllm_app_spec
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is not None, reason="these check the CPU host without vLLM"
+no_vllm_here = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None or torch.cuda.is_available(),
+    reason="checks a host without CUDA and vLLM",
 )
 
 
@@ -39,9 +41,13 @@ def dirs(tmp_path_factory):
     return str(root / "model"), str(root / "clf")
 
 
+@no_vllm_here
+def test_engine_choice_here():
+    assert choose_engine(ServeConfig()) == "transformers"
+
+
 def test_engine_choice():
     auto = ServeConfig()
-    assert choose_engine(auto) == "transformers"  # this host: no CUDA, no vLLM
     assert choose_engine(auto, has_vllm=True, has_cuda=True) == "vllm"
     assert choose_engine(auto, has_vllm=True, has_cuda=False) == "transformers"
     assert choose_engine(auto, has_vllm=False, has_cuda=True) == "transformers"
@@ -53,6 +59,7 @@ def test_engine_choice():
         choose_engine(ServeConfig(engine="vllm"), has_vllm=False)
 
 
+@no_vllm_here
 def test_build_app_picks_transformers_here_and_refuses_vllm_before_deploying(dirs):
     model, clf = dirs
     app = build_app(ServeConfig(), model, clf)
