@@ -71,6 +71,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_run_name(self.name, "name")  # _build prefixes the section
+        # numpy and scikit-learn take seeds in [0, 2**32), torch a signed 64-bit one; ablate
+        # seeds runs with seed + k: a seed outside this range fails mid-stage, not here.
+        _check(0 <= self.seed < 2**31, "seed", f"must be in [0, 2**31), got {self.seed}")
 
 
 @dataclass
@@ -774,6 +777,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        # No field means anything by inf or nan: a wait of inf hangs, a nan compares false
+        # with every bound its section checks (None is how a section says "no limit").
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
