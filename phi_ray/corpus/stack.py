@@ -138,7 +138,8 @@ def stack_row_group_batches(
                     t = pa.Table.from_batches([rb])
                     yield stack_batch(t, cols, source, license, max_bytes)
                 continue
-        except (OSError, pa.ArrowException, CorpusError) as e:
+        # KeyError: a column name the file holds twice (Table.column refuses to choose)
+        except (OSError, pa.ArrowException, CorpusError, KeyError) as e:
             log.warning("%s: unreadable Parquet (%s: %s)", path, type(e).__name__, e)
         row = {"content": None, "path": path, "repo": "", "license": license}
         yield pa.Table.from_pylist([{**row, "source": source, "drop": "unreadable"}], RAW_SCHEMA)

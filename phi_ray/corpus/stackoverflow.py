@@ -68,7 +68,10 @@ def _number(v: Any) -> float:
         return 0.0
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _BadRecord("score")
-    return float(v) if v == v else 0.0  # NaN sorts as 0
+    try:
+        return float(v) if v == v else 0.0  # NaN sorts as 0
+    except OverflowError:  # a JSON int past a float's range (10**400)
+        raise _BadRecord("score") from None
 
 
 def _answers(rec: dict[str, Any]) -> list[str]:
