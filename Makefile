@@ -62,6 +62,7 @@ check-floors: install-dev
 
 ## bench: each benchmark prints ratios against a baseline run in the same process
 bench: install-dev
+	$(BIN)/pip install -q -e '.[bench]'
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 ## bench-scale: `phi-ray run --to pack` on Stack-layout corpora 10x apart: driver peak RSS
@@ -70,7 +71,8 @@ bench-scale: install-dev
 	$(BIN)/python bench/scale.py $(BENCH_ARGS)
 
 ## rehearse: the tiny pipeline on a 3-node local Ray cluster, runs dir on a local S3 server
-## (moto), a worker node killed mid-pretrain, then a rerun that skips every stage
+## (moto), a worker node killed mid-pretrain, a rerun that skips every stage, then
+## `phi-ray serve` of the model in the bucket (~10 min; in CI)
 rehearse: install-dev
 	$(BIN)/python tests/rehearsal/rehearse.py
 

@@ -11,6 +11,13 @@ verbatim, every 7th also as an edited fork, so both dedup steps have work), then
 * phi-ray: the ingest stage (``phi_ray.corpus.stage.run``) on a local Ray cluster with
   ``--cpus`` CPUs, started before the clock (a cluster outlives one stage).
 
+Side by side on the same 1x files, the MinHash near-dedup alone (256 hashes, 5-grams,
+the same bands x rows), when ``datatrove`` is installed (``pip install -e '.[bench]'``,
+as ``make bench`` does): datatrove's four stages (signatures, buckets, cluster, filter; ``--cpus`` workers)
+against phi-ray's (signatures in Ray Data, ``corpus.dedup``'s distributed LSH edges and
+components, the filter; same Ray cluster). Both read the files from the same two Parquet
+shards written before either clock starts.
+
 Then both again on a corpus ``--scale`` times larger (the speed-up once Ray Data's fixed
 per-pass costs are amortised), and peak memory, which should not grow with the corpus:
 peak RSS of the driver and of the whole Ray node (driver, raylet, GCS, workers; sampled
@@ -156,6 +163,137 @@ def baseline(src: Path, out: Path, cfg) -> dict:
     }
 
 
+def to_shards(src: Path, dst: Path, shards: int) -> None:
+    """The corpus as ``shards`` Parquet files of (id, text): one input for both MinHash sides."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(src.iterdir())
+    dst.mkdir(parents=True)
+    for i in range(shards):
+        part = files[i::shards]
+        texts = [p.read_text(errors="replace") for p in part]
+        pq.write_table(
+            pa.table({"id": [p.name for p in part], "text": texts}), dst / f"{i}.parquet"
+        )
+
+
+def datatrove_minhash(shards: Path, work: Path, workers: int, bands: int, rows: int) -> dict:
+    """datatrove's four MinHash stages with its local executor; seconds per stage, kept."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.writers import ParquetWriter
+    from datatrove.utils.hashing import HashConfig
+    from loguru import logger
+
+    logger.remove()  # datatrove logs every task's stats at INFO; its errors still show
+    logger.add(sys.stderr, level="WARNING")
+    cfg = MinhashConfig(
+        n_grams=5, num_buckets=bands, hashes_per_bucket=rows, hash_config=HashConfig(64)
+    )
+    tasks = len(list(shards.iterdir()))
+    times = {}
+
+    def stage(name: str, pipeline: list, n: int) -> None:
+        t0 = time.perf_counter()
+        LocalPipelineExecutor(
+            pipeline, tasks=n, workers=min(workers, n), logging_dir=str(work / "logs" / name)
+        ).run()
+        times[name] = time.perf_counter() - t0
+
+    sigs, buckets, remove = (str(work / d) for d in ("sigs", "buckets", "remove"))
+    stage("signatures", [ParquetReader(str(shards)), MinhashDedupSignature(sigs, cfg)], tasks)
+    stage("buckets", [MinhashDedupBuckets(sigs, buckets, config=cfg)], bands)
+    stage("cluster", [MinhashDedupCluster(buckets, remove, config=cfg)], 1)
+    out = str(work / "out")
+    stage(
+        "filter",
+        [ParquetReader(str(shards)), MinhashDedupFilter(remove), ParquetWriter(out)],
+        tasks,
+    )
+    import pyarrow.parquet as pq
+
+    return {"seconds": times, "kept": pq.read_table(out).num_rows}
+
+
+def _uid_of_ids(batch):
+    import hashlib
+
+    import pyarrow as pa
+
+    digests = (hashlib.sha256(i.encode()).digest() for i in batch["id"].to_pylist())
+    return pa.array([int.from_bytes(d[:8], "big") for d in digests], pa.uint64())
+
+
+def _minhash_batch(batch, num_perm: int, ngram: int, bands: int, rows: int):
+    """(uid, bands): a uid per file (not per content, so exact copies link as datatrove's)."""
+    import pyarrow as pa
+
+    from phi_ray.corpus.minhash import band_key_lists
+
+    keys = band_key_lists(batch["text"].to_pylist(), num_perm, ngram, bands, rows)
+    return pa.table({"uid": _uid_of_ids(batch), "bands": keys})
+
+
+def _minhash_filter(batch, ref):
+    import pyarrow as pa
+    import ray
+
+    from phi_ray.corpus.dedup import in_sorted
+
+    return batch.filter(pa.array(~in_sorted(_uid_of_ids(batch).to_numpy(), ray.get(ref))))
+
+
+def phiray_minhash(shards: Path, work: Path, cfg) -> dict:
+    """phi-ray's MinHash near-dedup alone, in Ray: the same steps as ingest's passes."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from phi_ray.corpus import dedup
+    from phi_ray.corpus.minhash import lsh_params
+    from phi_ray.corpus.stage import read_work
+
+    d = cfg.corpus.dedup
+    bands, rows = lsh_params(d.threshold, d.num_perm)
+    times = {}
+    t0 = time.perf_counter()
+    kw = {"num_perm": d.num_perm, "ngram": d.ngram, "bands": bands, "rows": rows}
+    read_work(str(shards)).map_batches(
+        _minhash_batch, batch_format="pyarrow", batch_size=cfg.corpus.batch_size, fn_kwargs=kw
+    ).write_parquet(str(work / "sigs"))
+    times["signatures"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts = int(ray.cluster_resources().get("CPU", 1))
+    edges = dedup.near_duplicate_edges(read_work(str(work / "sigs")), parts)
+    removed = dedup.duplicates_to_remove(*dedup.collect_edges(edges))
+    times["buckets+cluster"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    read_work(str(shards)).map_batches(
+        _minhash_filter, batch_format="pyarrow", fn_kwargs={"ref": ray.put(removed)}
+    ).write_parquet(str(work / "out"))
+    times["filter"] = time.perf_counter() - t0
+    return {"seconds": times, "kept": pq.read_table(str(work / "out")).num_rows}
+
+
+def _print_minhash(n: int, dt: dict, pr: dict, t_ingest: float) -> None:
+    t_dt, t_pr = sum(dt["seconds"].values()), sum(pr["seconds"].values())
+    print("\n== MinHash near-dedup alone, same files, same shards (1x corpus) ==")
+    for name, r, t in (("datatrove (4 stages)", dt, t_dt), ("phi-ray (Ray Data)", pr, t_pr)):
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items())
+        print(f"{name:21} {t:7.2f} s  {n / t:7.1f} files/s  kept {r['kept']}  ({stages})")
+    print(
+        f"phi-ray / datatrove files/s: {t_dt / t_pr:.2f}x (target >= 1.0); phi-ray's whole "
+        f"ingest: {n / t_ingest:.1f} files/s, {t_dt / t_ingest:.2f}x datatrove's MinHash alone"
+    )
+
+
 def run_stage(src: Path, runs: Path, name: str):
     from phi_ray.config import load_config
     from phi_ray.corpus.stage import run
@@ -178,12 +316,48 @@ def _same_work(stage_counts: dict, base: dict) -> None:
     assert [stage_counts[k] for k in keys] == [base[k] for k in keys], (stage_counts, base)
 
 
+def _start_ray(cpus: int) -> None:
+    import ray
+
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    )
+    # Warm the cluster's worker processes (a cluster outlives one stage); same for both.
+    ray.data.range(64, override_num_blocks=cpus * 2).map_batches(lambda b: b).materialize()
+
+
+def _minhash_only(args, small: Path, n: int, tmp: Path, cfg, dt: dict | None) -> None:
+    """``--minhash-only``: datatrove's MinHash, phi-ray's, and phi-ray's whole ingest (1x)."""
+    if dt is None:
+        raise SystemExit("--minhash-only needs datatrove")
+    _start_ray(args.cpus)
+    pr = phiray_minhash(tmp / "shards", tmp / "pr", cfg)
+    t0 = time.perf_counter()
+    r = run_stage(small, tmp / "runs", "x1")
+    t_ray = time.perf_counter() - t0
+    _print_minhash(n, dt, pr, t_ray)
+    print(f"ingest pass seconds: {r.success['pass_seconds']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=500, help="stdlib files in the 1x corpus")
     ap.add_argument("--scale", type=int, default=5, help="size of the larger corpus, x")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument(
+        "--minhash-only", action="store_true", help="only the MinHash comparison (and ingest 1x)"
+    )
     args = ap.parse_args()
+    try:
+        import datatrove  # noqa: F401
+
+        with_datatrove = True
+    except ImportError:
+        with_datatrove = False
+        print("datatrove is not installed: no MinHash comparison (pip install datatrove)")
 
     import ray
 
@@ -202,6 +376,15 @@ def main() -> None:
         )
 
         cfg = load_config("tiny")
+        if with_datatrove:
+            from phi_ray.corpus.minhash import lsh_params
+
+            to_shards(small, tmp / "shards", args.cpus)
+            bands, rows = lsh_params(cfg.corpus.dedup.threshold, cfg.corpus.dedup.num_perm)
+            os.environ.setdefault("DATATROVE_COLORIZE_LOGS", "0")
+            dt = datatrove_minhash(tmp / "shards", tmp / "dt", args.cpus, bands, rows)
+        if args.minhash_only:
+            return _minhash_only(args, small, n_small, tmp, cfg, dt if with_datatrove else None)
         with PeakRSS() as base_mem:
             t0 = time.perf_counter()
             b = baseline(small, tmp / "baseline-out", cfg)
@@ -210,14 +393,9 @@ def main() -> None:
         b5 = baseline(big, tmp / "baseline-out-big", cfg)
         t_base5 = time.perf_counter() - t0
 
-        ray.init(
-            num_cpus=args.cpus,
-            include_dashboard=False,
-            logging_level="ERROR",
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-        )
-        # Warm the cluster's worker processes (a cluster outlives one stage); same for both.
-        ray.data.range(64, override_num_blocks=args.cpus * 2).map_batches(lambda b: b).materialize()
+        _start_ray(args.cpus)
+        if with_datatrove:
+            pr = phiray_minhash(tmp / "shards", tmp / "pr", cfg)
         with PeakRSS() as mem1:
             t0 = time.perf_counter()
             r1 = run_stage(small, tmp / "runs", "x1")
@@ -242,6 +420,8 @@ def main() -> None:
             f"kept {c1['files_out']}, exact dups {c1['removed_exact']}, near dups {c1['removed_near']}, "
             f"drops {sum(c1['drops'].values())}; pass seconds {r1.success['pass_seconds']}"
         )
+        if with_datatrove:
+            _print_minhash(n_small, dt, pr, t_ray)
         print(f"\n== memory: 1x vs {args.scale}x corpus (phi-ray) ==")
         print(
             f"{args.scale}x: {t_ray5:.2f} s, {n_big / t_ray5:.1f} files/s, {mb_big / t_ray5:.2f} MB/s; "
