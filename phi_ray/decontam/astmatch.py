@@ -31,6 +31,7 @@ import builtins
 import re
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from rapidfuzz.distance import Indel
 
@@ -83,35 +84,52 @@ class _Serializer:
             self.names[name] = chr(_LOCAL_BASE + min(len(self.names), 11000))
         return self.names[name]
 
-    def visit(self, node: ast.AST) -> None:
-        if isinstance(node, ast.expr_context):
-            return  # Load/Store/Del: implied by position
+    def visit(self, root: ast.AST) -> None:
+        # Iterative, not recursive: a 2,000-term expression parses (ast.parse goes deeper
+        # than Python's recursion limit) and a recursive walk then raised RecursionError
+        # out of decontam. The stack holds nodes, ("ident"/"kept", text) to write when
+        # reached (identifiers are numbered in visiting order), and int marks: the length
+        # of ``out`` after a node's type char, closing the node if it wrote anything since.
         out = self.out
-        out.append(_TYPE_CHAR.get(type(node), "?"))
-        start = len(out)
-        if isinstance(node, ast.Constant):
-            out.append(_const(node.value))
-            return
-        for name, value in ast.iter_fields(node):
-            if name == "body" and isinstance(
-                node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-            ):
-                value = _strip(value)
-            if isinstance(value, ast.AST):
-                self.visit(value)
-            elif isinstance(value, list):
-                for v in value:
-                    if isinstance(v, ast.AST):
-                        self.visit(v)
-                    elif isinstance(v, str):  # Global / Nonlocal names
-                        out.append(self.ident(v))
-            elif isinstance(value, str):
-                if name in _IDENT_FIELDS:
-                    out.append(self.ident(value))
-                elif name in _KEPT_FIELDS or (name == "arg" and isinstance(node, ast.keyword)):
-                    out.append(_kept(value))
-        if len(out) > start:
-            out.append(_CLOSE)
+        stack: list[Any] = [root]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, int):
+                if len(out) > item:
+                    out.append(_CLOSE)
+                continue
+            if isinstance(item, tuple):
+                kind, text = item
+                out.append(self.ident(text) if kind == "ident" else _kept(text))
+                continue
+            node = item
+            if isinstance(node, ast.expr_context):
+                continue  # Load/Store/Del: implied by position
+            out.append(_TYPE_CHAR.get(type(node), "?"))
+            if isinstance(node, ast.Constant):
+                out.append(_const(node.value))
+                continue
+            todo: list[Any] = []
+            for name, value in ast.iter_fields(node):
+                if name == "body" and isinstance(
+                    node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+                ):
+                    value = _strip(value)
+                if isinstance(value, ast.AST):
+                    todo.append(value)
+                elif isinstance(value, list):
+                    for v in value:
+                        if isinstance(v, ast.AST):
+                            todo.append(v)
+                        elif isinstance(v, str):  # Global / Nonlocal names
+                            todo.append(("ident", v))
+                elif isinstance(value, str):
+                    if name in _IDENT_FIELDS:
+                        todo.append(("ident", value))
+                    elif name in _KEPT_FIELDS or (name == "arg" and isinstance(node, ast.keyword)):
+                        todo.append(("kept", value))
+            stack.append(len(out))
+            stack.extend(reversed(todo))
 
 
 def serialize(node: ast.AST) -> str:
