@@ -70,7 +70,9 @@ def count_tokens(texts: list[str], spec: Any) -> list[int]:
         spec = ray.get(spec)
     # One Ray worker per CPU already; Rust threads on top would oversubscribe the node.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    enc = _tokenizer(spec).encode_batch(texts, add_special_tokens=False)
+    # The fast variant skips character offsets, which a count never reads (~20% of the
+    # tokenizer's time on source files, the largest per-file cost of ingest).
+    enc = _tokenizer(spec).encode_batch_fast(texts, add_special_tokens=False)
     return [len(e.ids) for e in enc]
 
 
