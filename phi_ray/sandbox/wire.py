@@ -20,6 +20,7 @@ import os
 import struct
 
 MAX_ITEMS = 1_000_000  # an iterator longer than this is an error, not an endless loop
+_STOPS = (StopIteration, StopAsyncIteration)  # never re-raised as themselves in the judge
 _LEN = struct.Struct(">I")
 
 
@@ -156,7 +157,10 @@ def decode_exception(obj: object) -> Exception:
         return RuntimeError("malformed exception from the candidate")
     name, msg = str(obj.get("name", ""))[:100], str(obj.get("msg", ""))[:2000]
     cls = getattr(builtins, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    # StopIteration re-raised inside a test's map() or filter() would end that iteration
+    # early (all() of nothing is True: a pass); as PEP 479 does in generators, it is a
+    # RuntimeError here.
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, _STOPS):
         try:
             return cls(msg)
         except Exception:
