@@ -278,12 +278,16 @@ class _Loop:
         logs = self.config.get("logs")
         log = TrainLogger(logs, start, tc.max_steps, tc.log_every) if rank == 0 and logs else None
         bar = _progress(self.config, start, tc.max_steps) if rank == 0 else None
+        began = time.perf_counter()
         for step in range(start, tc.max_steps):
             _maybe_fault(self.config.get("fault"), step, rank, self.world)
             lr = self.sched.get_last_lr()[0]
             t0 = time.perf_counter()
             loss, gnorm = self.step(step, train, plan)
             dt = time.perf_counter() - t0
+            # since this attempt's first step: with the bookkeeping between steps (metrics,
+            # reports, evaluation, checkpoints), which step_time_s leaves out
+            elapsed = time.perf_counter() - began
             done = step + 1
             tps = self.tokens_per_step / dt
             rec = {
@@ -294,6 +298,7 @@ class _Loop:
                 "tokens_per_s": tps,
                 "mfu": self.flops_per_token * tps / (self.peak * self.world) if self.peak else 0.0,
                 "step_time_s": dt,
+                "elapsed_s": elapsed,
                 "epoch": plan.epoch(done),
                 "tokens": done * self.tokens_per_step,
                 **memory_stats(str(self.device)),
