@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 VERSION = "heuristic-v1"
 _STDLIB = frozenset(sys.stdlib_module_names)
-_WORDISH = re.compile(r"^_*[a-zA-Z]{3,}(_?[a-zA-Z0-9]+)*_*$")
+# Possessive (*+, {3,}+): the plain pattern backtracks exponentially on a long name that
+# ends in a letter outside [a-zA-Z] ("aaa...aé" is valid Python); these match the same names.
+_WORDISH = re.compile(r"^_*+[a-zA-Z]{3,}+(?:_?[a-zA-Z0-9]+)*+_*$")
 _CONTROL = (ast.If, ast.For, ast.While, ast.Try, ast.With, ast.ListComp, ast.DictComp,
             ast.SetComp, ast.GeneratorExp, ast.Return, ast.AsyncFor)  # fmt: skip
 _ASSIGN = (ast.Assign, ast.AnnAssign, ast.AugAssign)

@@ -74,7 +74,6 @@ def build_request(
     )
 
 
-_OBJ = re.compile(r"\{.*\}", re.S)
 _SCORE = re.compile(r"score\W{0,5}([0-5](?:\.0)?)\b", re.I)
 
 
@@ -84,17 +83,19 @@ def parse_answer(text: str) -> dict[str, Any]:
     Takes the first JSON object in the text (code fences and chatter around it are
     tolerated); a bare "score: 4" is accepted as a last resort, with an empty rationale.
     """
-    m = _OBJ.search(text or "")
-    if m:
+    text = text or ""
+    # What r"\{.*\}" (DOTALL) finds, without its quadratic scan of a "{{{{..." answer.
+    i, j = text.find("{"), text.rfind("}")
+    if 0 <= i < j:
         try:
-            obj = json.loads(m.group(0))
+            obj = json.loads(text[i : j + 1])
         except json.JSONDecodeError:
             obj = None
         if isinstance(obj, dict) and "score" in obj:
             # "\ud800" in the answer's JSON is a lone surrogate: no Parquet can hold it.
             why = re.sub("[\ud800-\udfff]", "\ufffd", str(obj.get("rationale", "")))
             return {"score": _score(obj["score"]), "rationale": why[:1000]}
-    m = _SCORE.search(text or "")
+    m = _SCORE.search(text)
     if m:
         return {"score": _score(m.group(1)), "rationale": ""}
     raise ParseError('expected JSON like {"score": 3, "rationale": "..."}')

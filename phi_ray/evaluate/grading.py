@@ -8,7 +8,6 @@ beside pass/fail in ``results.jsonl``; the mean goes into ``summary.json``.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 RUBRIC_VERSION = "grade-v1"
@@ -35,9 +34,10 @@ def parse_grade(text: str) -> dict[str, Any]:
     """``{"score": int 0-10, "rationale": str}`` from the grader's answer, else ParseError."""
     from phi_ray.llm import ParseError
 
-    m = re.search(r"\{.*\}", text, re.S)
+    # What r"\{.*\}" (DOTALL) finds, without its quadratic scan of a "{{{{..." answer.
+    i, j = text.find("{"), text.rfind("}")
     try:
-        obj = json.loads(m.group(0)) if m else None
+        obj = json.loads(text[i : j + 1]) if 0 <= i < j else None
     except json.JSONDecodeError:
         obj = None
     if not isinstance(obj, dict) or not isinstance(obj.get("score"), int | float):
