@@ -23,6 +23,11 @@ _BOILER_CLOSE = re.compile(
     re.IGNORECASE,
 )
 _FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+_OPEN_FENCE = re.compile(r"```[ \t]*([\w+-]*)")  # _FENCE, as _fenced applies it per line
+_CLOSE_FENCE = re.compile(r"```[ \t]*")
+_CLOSING = re.compile(
+    r"\b(i hope (?:this|that) helps|let me know if|feel free to ask|happy coding)", re.IGNORECASE
+)  # _BOILER_CLOSE's phrase, as _strip_closing looks for it in the last line
 _PY_LANGS = {"", "python", "py", "python3", "pycon", "doctest"}
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 # What parsing untrusted code raises: deep nesting is a RecursionError ("during ast
@@ -37,7 +42,21 @@ def strip_boilerplate(text: str) -> str:
         if not m:
             break
         text = text[m.end() :]
-    return _BOILER_CLOSE.sub("\n", text).strip() + "\n"
+    return _strip_closing(text).strip() + "\n"
+
+
+def _strip_closing(text: str) -> str:
+    """``_BOILER_CLOSE.sub("\\n", text)`` in linear time: that pattern retries every newline
+    of a long run (a 40 KB answer of newlines took a minute). It matches when the last
+    non-blank line, after a newline, holds a closing phrase; from the run of newlines
+    before that line to the end becomes one newline."""
+    body = text.rstrip()
+    k = body.rfind("\n")
+    if k < 0 or not _CLOSING.search(body, k + 1):
+        return text
+    while k > 0 and text[k - 1] == "\n":
+        k -= 1
+    return text[:k] + "\n"
 
 
 def code_blocks(text: str, tagged: bool = False) -> list[str]:
@@ -46,7 +65,27 @@ def code_blocks(text: str, tagged: bool = False) -> list[str]:
     ``tagged``: only blocks tagged as Python (untagged blocks are often program output).
     """
     langs = _PY_LANGS - {""} if tagged else _PY_LANGS
-    return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in langs]
+    return [body for lang, body in _fenced(text) if lang.lower() in langs]
+
+
+def _fenced(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each match of ``_FENCE`` in order, in linear time: the pattern
+    rescans to the end for every fence-like line when no closing fence follows (a long
+    answer of "```x" lines took seconds, quadratically more for longer ones). An opening
+    line starts with ```; its block ends at the next line that is ``` and blanks only;
+    without one, no later block can close either."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines) - 1:  # an opening line needs the newline after it
+        if not lines[i].startswith("```"):
+            i += 1
+            continue
+        j = next((j for j in range(i + 1, len(lines)) if _CLOSE_FENCE.fullmatch(lines[j])), None)
+        if j is None:
+            break
+        lang = _OPEN_FENCE.match(lines[i]).group(1)  # type: ignore[union-attr]
+        out.append((lang, "".join(line + "\n" for line in lines[i + 1 : j])))
+        i = j + 1
+    return out
 
 
 def has_unclosed_fence(text: str) -> bool:
