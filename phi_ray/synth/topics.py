@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from phi_ray.config import CONFIG_DIR, ConfigError
+from phi_ray.config import CONFIG_DIR, ConfigError, load_yaml
 from phi_ray.config import resolve_path as config_resolve_path
 
 _STOP = {"a", "an", "and", "the", "of", "in", "on", "to", "for", "with", "by", "vs", "using", "its"}
@@ -89,10 +87,8 @@ class TopicTree:
     def load(cls, path: str | Path) -> TopicTree:
         """Read a tree file; relative paths resolve against the cwd, then the repo root."""
         p = resolve_path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        # The config loader's YAML: aliases and nesting bounded (an alias bomb is refused).
+        data = load_yaml(p.read_text(), str(p)) or {}
         return cls.from_dict(data, str(p))
 
     @classmethod

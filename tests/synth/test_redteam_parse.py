@@ -30,3 +30,23 @@ def test_the_linear_scans_match_the_patterns_they_replace():
         want = [(m.group(1), m.group(2)) for m in parse._FENCE.finditer(s)]
         assert parse._fenced(s) == want, s
         assert parse._strip_closing(s) == parse._BOILER_CLOSE.sub("\n", s), s
+
+
+def test_a_topic_tree_alias_bomb_is_refused_at_once(tmp_path):
+    # The topic tree was read with yaml.safe_load, whose aliases are unbounded: a few
+    # hundred bytes expand to 9**9 nodes (the config loader's bound did not apply here).
+    import pytest
+
+    from phi_ray.config import ConfigError
+    from phi_ray.synth.topics import TopicTree
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 9)}]")
+    lines.append("categories: {c: {topics: {t: *i}}}")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="alias"):
+        TopicTree.load(str(bomb))
+    assert time.perf_counter() - t0 < 2.0
