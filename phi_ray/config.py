@@ -191,6 +191,15 @@ class LLMConfig:
         )
         _check(self.cache_sync_s >= 0, "cache_sync_s", "must be >= 0 (0: sync only at the end)")
         _check(self.temperature >= 0, "temperature", "must be >= 0")
+        # Budgets reserve max_tokens per call and charge by these prices: a negative value
+        # or a missing (misspelt) key would let a dollar budget overshoot without a word.
+        _check(self.max_tokens > 0, "max_tokens", "must be > 0")
+        for m, p in self.prices.items():
+            _check(
+                set(p) == {"input", "output"} and all(v >= 0 for v in p.values()),
+                f"prices.{m}",
+                f"needs input and output USD per 1M tokens, each >= 0; got {p}",
+            )
 
 
 @dataclass

@@ -36,3 +36,18 @@ def test_non_finite_floats_from_a_preset_file_are_refused(tmp_path):
 def test_ordinary_seeds_and_floats_still_load():
     cfg = load_config("tiny", ["run.seed=0", "serve.batch_wait_timeout_s=0", "llm.timeout_s=1e3"])
     assert cfg.run.seed == 0 and cfg.llm.timeout_s == 1000.0
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "llm.prices={gpt-4: {input: -5, output: 60}}",  # a negative cost refunds the budget
+        "llm.prices={gpt-4: {input: 30, outptu: 60}}",  # a typo: output tokens cost $0
+        "llm.prices={my-model: {input: 30}}",  # (gpt-4 would keep its default output)
+        "llm.max_tokens=-1",  # a negative worst case reserved per call
+        "llm.max_tokens=0",
+    ],
+)
+def test_llm_settings_that_would_let_a_budget_overshoot_are_config_errors(item):
+    with pytest.raises(ConfigError, match=r"llm\.(prices|max_tokens)"):
+        load_config("tiny", [item, "llm.budget_usd=10"])
