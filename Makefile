@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow check-clients lint format bench install install-dev clean check-compat check-floors rehearse bench-scale
+.PHONY: demo test test-slow check-clients lint format bench install install-dev clean check-compat check-floors rehearse bench-scale check-vllm-app
 
 # torch first, pinned: the CPU build is kept by the package's torch range, so pip does not
 # pull the multi-GB CUDA wheels on machines without a GPU.
@@ -54,6 +54,16 @@ format: install-dev
 ## logits as under 5.x (builds a cached venv on first use: ~2 min; then ~1 min)
 check-compat: install-dev
 	PHI_RAY_COMPAT=1 $(BIN)/python -m pytest tests/export/test_export_tf4.py $(PYTEST_ARGS)
+
+## check-vllm-app: the vLLM application (Ray Serve LLM + classifier) built and served on a CPU
+## with vLLM 0.29.0's wheel from a cached overlay, its LLMServer pending (no GPU; ~1 min)
+VLLM_OVERLAY ?= $(VENV)/vllm-overlay
+check-vllm-app: install-dev
+	test -d $(VLLM_OVERLAY)/vllm || $(BIN)/pip install -q --no-deps --target $(VLLM_OVERLAY) \
+	  vllm==0.29.0 'fastapi>=0.133,<0.137' cachetools cbor2 msgspec openai-harmony \
+	  partial-json-parser py-cpuinfo pybase64 python-multipart pyzmq
+	PYTHONPATH=$(VLLM_OVERLAY) $(BIN)/python -m pytest tests/serving/test_serving_vllm_ingress.py \
+	  tests/serving/test_serving_vllm_app.py $(PYTEST_ARGS)
 
 ## check-floors: phi-ray's code at the pyproject floors of its key dependencies (a cached
 ## venv: ~15 min to build on first use, torch's floor being a CUDA wheel set; then ~4 min)

@@ -51,8 +51,8 @@ async def _state(response: Any, timeout: float = 5.0) -> tuple[str, str | None]:
     try:
         await asyncio.wait_for(call(), timeout)
         return "ready", None
-    except asyncio.TimeoutError:
-        return "error", f"no answer within {timeout:.0f}s"
+    except asyncio.TimeoutError:  # no replica to answer yet: one is starting (or pending)
+        return "loading", f"no answer to its health check within {timeout:.0f}s"
     except Exception as e:
         return "error", f"{type(e).__name__}: {e}"
 
@@ -145,8 +145,10 @@ class PhiLLMIngress(OpenAiIngress):
             clf, detail = st["state"], detail or st.get("detail")
         if model == "ready" and clf in ("ready", "none"):
             status = "ok"
+        elif "error" in (model, clf):
+            status = "error"
         else:
-            status = "loading" if clf == "loading" and model == "ready" else "error"
+            status = "loading"
         body = Health(status=status, model=model, classifier=clf, detail=detail)
         return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
 
