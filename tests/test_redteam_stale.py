@@ -44,3 +44,19 @@ def test_editing_a_local_mbpp_file_reruns_decontam_and_evaluate(tmp_path):
     _edit(mbpp, '{"task_id": 2}\n')
     after = (config_hash(cfg, run), _fingerprint("endpoint", "http://x", cfg))
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_an_object_store_model_rewritten_in_place_reruns_evaluate(tmp_path):
+    # evaluate --model s3://... was fingerprinted by its URI alone: new weights at the same
+    # URI kept the old pass@k "up to date". (file:// goes through the same URI listing.)
+    from phi_ray.evaluate.stage import _fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"v1")
+    cfg = load_config("tiny")
+    uri = f"file://{model}"
+    before = _fingerprint("model", uri, cfg)
+    assert _fingerprint("model", uri, cfg) == before
+    _edit(model / "model.safetensors", "v2 weights")
+    assert _fingerprint("model", uri, cfg) != before

@@ -71,6 +71,8 @@ def _fingerprint(kind: str, where: str, cfg: Config) -> str:
         for name in sorted(os.listdir(where)):
             st = os.stat(os.path.join(where, name))
             h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    elif kind == "model" and "://" in where:  # an object-store model: its listing
+        h.update(files_fingerprint(where).encode())
     elif kind == "endpoint":
         h.update(str(cfg.evaluate.endpoint_model).encode())
     h.update(files_fingerprint(cfg.evaluate.mbpp_path).encode())  # a local MBPP file's edits
