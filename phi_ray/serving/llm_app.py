@@ -159,7 +159,6 @@ def vllm_app_spec(scfg: ServeConfig, model_dir: str, classifier_dir: str | None)
         ingress_kwargs={
             "model_dir": model_dir,
             "max_quality_codes": scfg.classifier_max_batch_size,
-            "api_key_env": scfg.api_key_env,
         },
     )
 

@@ -68,7 +68,6 @@ class PhiLLMIngress(OpenAiIngress):
         scorer: Any | None = None,
         model_dir: str | None = None,
         max_quality_codes: int = 64,
-        api_key_env: str = "PHI_RAY_API_KEY",
         **kwargs: Any,
     ) -> None:
         super().__init__(llm_deployments, model_cards, **kwargs)
