@@ -628,7 +628,10 @@ class AblateConfig:
     eval_windows: int = 256  # held-out windows for the final validation loss
     eval_batch_size: int = 8
     passk_limit: int | None = None  # problems per benchmark for pass@k; None: evaluate.limit
-    parallel_runs: int = 1  # arm x seed Ray Train runs at once (a cluster with room: more)
+    # arm x seed Ray Train runs at once; None: as many as the cluster's CPUs (GPUs on GPU
+    # runs) hold side by side (a CPU run's worker uses pretrain.cpus_per_worker threads, 1 on
+    # tiny, so on 2 cores two runs at once halve the wall time). 1: one after the other.
+    parallel_runs: int | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.arms) - {"filtered", "random", "lowest"}
@@ -640,7 +643,7 @@ class AblateConfig:
         _check(self.random_oversample >= 1.0, "random_oversample", "must be >= 1")
         _check(self.eval_windows > 0 and self.eval_batch_size > 0, "eval_windows", "must be > 0")
         _check(self.passk_limit is None or self.passk_limit > 0, "passk_limit", "must be > 0")
-        _check(self.parallel_runs > 0, "parallel_runs", "must be > 0")
+        _check(self.parallel_runs is None or self.parallel_runs > 0, "parallel_runs", "must be > 0")
 
 
 @dataclass
@@ -783,12 +786,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         _check(ok, key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         # No field means anything by inf or nan: a wait of inf hangs, a nan compares false
         # with every bound its section checks (None is how a section says "no limit").
         _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 

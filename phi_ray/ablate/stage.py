@@ -11,8 +11,10 @@ killed ablation resumes with finished arm/seeds skipped, and a changed config re
 what it changes. The stage's own output, ``<run>/ablate/`` (per arm/seed ``metrics.json``,
 ``curves/``, ``summary.json``, ``table.txt``), is assembled last.
 
-Runs are sequential by default (``ablate.parallel_runs``: a cluster with room for several
-trainings runs that many arm x seed units at once, each its own Ray Train run).
+Arm x seed units run side by side as far as the cluster holds their training workers
+(``ablate.parallel_runs``, default: the cluster's CPUs, or GPUs, over one run's), each its own
+Ray Train run; each unit is evaluated as soon as it has trained, so evaluation overlaps the
+other units' training. ``parallel_runs: 1`` runs them one after the other.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -56,6 +59,20 @@ def train_config(cfg: Config, seed: int) -> Config:
     return dataclasses.replace(cfg, pretrain=tc, run=dataclasses.replace(cfg.run, seed=seed))
 
 
+def parallelism(cfg: Config, n_units: int) -> int:
+    """How many arm x seed units run at once: ``ablate.parallel_runs``, else as many Ray Train
+    runs as the cluster's CPUs (GPUs on GPU runs) hold side by side; at least 1."""
+    n = cfg.ablate.parallel_runs
+    if n is None:
+        import ray
+
+        tc, res = cfg.pretrain, ray.cluster_resources()
+        have, need = ((res.get("GPU", 0.0), tc.num_workers) if tc.use_gpu else
+                      (res.get("CPU", 0.0), tc.num_workers * tc.cpus_per_worker))  # fmt: skip
+        n = int(have // need)
+    return max(1, min(n, n_units))
+
+
 def _data(cfg: Config, run: RunDir, work: RunDir) -> StageResult:
     a = cfg.ablate
     sel = (a.arms, a.holdout_fraction, a.random_oversample, cfg.run.seed)
@@ -69,7 +86,9 @@ def _data(cfg: Config, run: RunDir, work: RunDir) -> StageResult:
         return out.finish(counts={"equal_windows": info["equal_windows"]}, **info)
 
 
-def _train(cfg: Config, run: RunDir, work: RunDir, arm: str, seed: int) -> StageResult:
+def _train(
+    cfg: Config, run: RunDir, work: RunDir, arm: str, seed: int, in_task: bool = False
+) -> StageResult:
     from phi_ray.train.stage import train_on_tokens
 
     tcfg = train_config(cfg, seed)
@@ -81,7 +100,7 @@ def _train(cfg: Config, run: RunDir, work: RunDir, arm: str, seed: int) -> Stage
         data = work.path("data")
         args = (tcfg, run, f"{data}/{arm}/train", f"{data}/{arms_mod.HELDOUT}/train", out.tmp,
                 f"ablate-{arm}-s{seed}-{h}", work.path("ray"))  # fmt: skip
-        if cfg.ablate.parallel_runs == 1:
+        if not in_task:
             info = train_on_tokens(*args)
         else:  # each run's driver in a Ray task, as Ray Tune drives Train V2 runs
             import ray
@@ -113,14 +132,21 @@ def _measure(model_dir: str, heldout_dir: str, cfg: Config) -> dict[str, Any]:
     return out
 
 
+# pass@k generates in this process and runs one sandbox: one unit's at a time, even when
+# units run side by side (their trainings and loss measurements are Ray tasks).
+_PASSK_LOCK = threading.Lock()
+
+
 def _evaluate(cfg: Config, run: RunDir, work: RunDir, arm: str, seed: int) -> StageResult:
     import ray
 
     name = f"eval-{arm}-s{seed}"
     tname = f"train-{arm}-s{seed}"
     ecfg = metrics.passk_config(cfg)
+    a = cfg.ablate  # only what a measurement depends on: more seeds or arms redo no unit
     h = _h(
-        cfg.section_hash("evaluate", "ablate", "model"),
+        cfg.section_hash("evaluate", "model"),
+        a.eval_windows,
         ecfg.limit,
         work.output_fingerprint(tname),
         work.output_fingerprint("data"),
@@ -134,9 +160,10 @@ def _evaluate(cfg: Config, run: RunDir, work: RunDir, arm: str, seed: int) -> St
         heldout = f"{work.path('data')}/{arms_mod.HELDOUT}/train"
         res = ray.get(task.remote(model_dir, heldout, cfg))
         passk = {}
-        for bench, probs in metrics.benchmarks(cfg).items():
-            probs = probs[: ecfg.limit] if ecfg.limit else probs
-            passk[bench] = metrics.pass_at_k(model_dir, probs, ecfg, seed)
+        with _PASSK_LOCK:
+            for bench, probs in metrics.benchmarks(cfg).items():
+                probs = probs[: ecfg.limit] if ecfg.limit else probs
+                passk[bench] = metrics.pass_at_k(model_dir, probs, ecfg, seed)
         res["pass_at_k"] = passk
         train = work.read_success(tname) or {}
         res["final_train_metrics"] = train.get("final_metrics", {})
@@ -248,16 +275,31 @@ def run(cfg: Config, run: RunDir, to: str | None = None) -> StageResult:
     if to == "data":
         return data
     todo = units(cfg)
-    if cfg.ablate.parallel_runs == 1:  # main thread: Ray Train's Ctrl-C handling needs it
-        trained = [_train(cfg, run, work, *u) for u in todo]
+    n = parallelism(cfg, len(todo))
+    log.info("ablate: %d arm x seed units, %d at a time", len(todo), n)
+
+    def unit(u: tuple[str, int], in_task: bool) -> StageResult:
+        """Train one unit, then evaluate it while the others still train."""
+        res = _train(cfg, run, work, *u, in_task=in_task)
+        return res if to == "train" else _evaluate(cfg, run, work, *u)
+
+    if n == 1:  # main thread: Ray Train's Ctrl-C handling needs it
+        done = [unit(u, False) for u in todo]
     else:
-        with ThreadPoolExecutor(max_workers=cfg.ablate.parallel_runs) as pool:
-            trained = list(pool.map(lambda u: _train(cfg, run, work, *u), todo))
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            done = list(pool.map(lambda u: unit(u, True), todo))
     if to == "train":
-        return trained[-1]
-    for arm, seed in todo:
-        _evaluate(cfg, run, work, arm, seed)
+        return done[-1]
     return _assemble(cfg, run, work)
 
 
-__all__ = ["PAPER_350M", "PHASES", "run", "summarize", "table", "train_config", "units"]
+__all__ = [
+    "PAPER_350M",
+    "PHASES",
+    "parallelism",
+    "run",
+    "summarize",
+    "table",
+    "train_config",
+    "units",
+]

@@ -3,6 +3,7 @@ when that stage has not run (the report then says so instead of showing an empty
 
 from __future__ import annotations
 
+import html as _html
 import json
 from typing import Any
 
@@ -430,6 +431,10 @@ def ablation(run: RunDir) -> str | None:
                 series[unit] = ([p[0] for p in pts], [p[1] for p in pts])
         if series:
             html += plots.lines(series, f"ablation: {title} by step", ylabel="loss (nats)")
+            # The legend is inside the image: name each curve and its last point in text too.
+            last = "; ".join(f"{u}: {len(x)} points, {y[-1]:.4g} at step {x[-1]}"
+                             for u, (x, y) in series.items())  # fmt: skip
+            html += f"<p class='note'>{title} curves: {_html.escape(last)}</p>"
 
     def ms(s: Any, pct: bool = False) -> str:
         if not isinstance(s, dict) or s.get("mean") is None:

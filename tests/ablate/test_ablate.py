@@ -124,11 +124,11 @@ def test_arms_select_their_files_and_hold_out_the_same_ones(tmp_path, ray_sessio
     assert all(_ids(f"{again}/{a}") == src[a] for a in src)
 
 
-def _cmd(root: str) -> list[str]:
+def _cmd(root: str, *extra: str) -> list[str]:
     args = [sys.executable, "-m", "phi_ray.cli", "ablate", "--runs-dir", root, "--run", "a"]
     for s in [*TINY, "ablate.seeds=1", "ablate.arms=[filtered,random]"]:
         args += ["--set", s]
-    return [*args, "--to", "train"]
+    return [*args, *extra]
 
 
 @pytest.mark.slow
@@ -136,8 +136,10 @@ def _cmd(root: str) -> list[str]:
 def test_killed_ablation_resumes_with_equal_arms_and_finished_ones_skipped(
     tmp_path, tokenizer, ray_session
 ):
-    """SIGKILL the driver once the first arm has trained; the rerun skips
-    the data and that arm by hash and trains only the rest. ~1 min on a calm 2-core box."""
+    """SIGKILL the driver (one unit at a time, ``--to train``) once the first arm has trained;
+    the rerun, to the end with both units side by side, skips the data and that arm by hash,
+    trains only the rest, evaluates both and writes the summary and the report section.
+    ~1.5 min on a calm 2-core box."""
     root = str(tmp_path / "runs")
     run = RunDir.from_config(ablate_cfg(root))
     write_scored_run(run, tokenizer, n_files=40)
@@ -147,7 +149,8 @@ def test_killed_ablation_resumes_with_equal_arms_and_finished_ones_skipped(
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": address}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(_cmd(root), env=env, cwd=REPO, start_new_session=True,
+    first_cmd = _cmd(root, "--set", "ablate.parallel_runs=1", "--to", "train")
+    proc = subprocess.Popen(first_cmd, env=env, cwd=REPO, start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     first = os.path.join(work, "train-filtered-s1234", "_SUCCESS.json")
     deadline = time.time() + 900  # a loaded machine: three packs and one training run
@@ -165,9 +168,10 @@ def test_killed_ablation_resumes_with_equal_arms_and_finished_ones_skipped(
         assert _windows(os.path.join(data, a, "train")).shape == (n, 33)
     data_marker = open(os.path.join(data, "_SUCCESS.json"), "rb").read()
     before = {p: open(p, "rb").read() for p in done}
-    res = subprocess.run(_cmd(root), env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=400)  # fmt: skip
+    res = subprocess.run(_cmd(root, "--set", "ablate.parallel_runs=2"), env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 arm x seed units, 2 at a time" in res.stderr
     after = sorted(glob.glob(os.path.join(work, "train-*", "_SUCCESS.json")))
     assert len(after) == 2
     assert not glob.glob(os.path.join(work, "*.tmp-*")), "the killed unit's leftovers remain"
@@ -177,6 +181,20 @@ def test_killed_ablation_resumes_with_equal_arms_and_finished_ones_skipped(
     for p in after:
         s = json.load(open(p))
         assert s["steps"] == 2 and os.path.exists(os.path.join(os.path.dirname(p), "model"))
+    # Evaluated and assembled: every arm's measures, its curve, the printed table, the report.
+    summary = json.load(open(os.path.join(run.uri, "ablate", "summary.json")))
+    assert summary["units"] == ["filtered-s1234", "random-s1234"]
+    for arm in ("filtered", "random"):
+        m = summary["arms"][arm]
+        assert m["seeds"] == [1234] and np.isfinite(m["humaneval_solution_loss"]["mean"])
+        assert np.isfinite(m["heldout_loss"]["mean"]) and m["humaneval_pass@1"]["n"] == 1
+        assert arm in res.stdout
+        curve = os.path.join(run.uri, "ablate", "arms", f"{arm}-s1234", "curve.jsonl")
+        assert [json.loads(x)["step"] for x in open(curve) if "loss" in json.loads(x)]
+    from phi_ray.report import sections
+
+    html = sections.ablation(run)
+    assert html.count("<img") == 2 and "filtered-s1234" in html and "random-s1234" in html
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
@@ -224,4 +242,8 @@ def test_report_section_shows_every_arm_and_the_paper(tmp_path):
     assert html.count("<img") == 2  # held-out and training curves
     assert "filtered" in html and "random" in html and "17.68" in html and "12.19" in html
     assert "4.25 ± 0" in html and "4.5 ± 0" in html
+    for unit in ("filtered-s1", "random-s1"):  # every curve named in text, not only in the PNG
+        assert (
+            f"{unit}: 3 points, 6.5 at step 3" in html and f"{unit}: 3 points, 6 at step 3" in html
+        )
     assert sections.ablation(RunDir(str(tmp_path), "empty")) is None
