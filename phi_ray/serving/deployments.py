@@ -198,8 +198,8 @@ def _load_engine(model_dir: str, engine: str, device: str) -> Any:
 
     # vLLM never runs in this deployment: it is served by Ray Serve LLM's LLMServer
     # (phi_ray.serving.llm_app), which builds its engine on the replica's own event loop.
-    # (Built here, in the loader thread, older vLLM V1 releases fail: they install signal
-    # handlers, which only the main thread may do.)
+    # (Built here, in the loader thread, older vLLM V1 releases failed: they must not be
+    # built off the main thread. Ray Serve LLM with its pinned vLLM is the tested pair.)
     if engine == "vllm":
         raise RuntimeError("serve.engine=vllm is served by phi_ray.serving.llm_app, not here")
     from phi_ray.serving.engine import HFEngine
