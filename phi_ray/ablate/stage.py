@@ -40,6 +40,7 @@ PHASES = ("data", "train", "evaluate")
 # The paper's 350M model at equal steps, HumanEval pass@1 (%): section 2 / figure 2.1 of
 # arXiv 2306.11644 ("filtered Stack" vs "unfiltered Stack").
 PAPER_350M = {"filtered": 17.68, "random": 12.19}
+CURVE_POINTS = 6
 
 
 def _h(*parts: Any) -> str:
@@ -55,7 +56,10 @@ def units(cfg: Config) -> list[tuple[str, int]]:
 def train_config(cfg: Config, seed: int) -> Config:
     """The pretraining settings every arm shares, with this unit's seed and steps."""
     steps = cfg.ablate.max_steps or cfg.pretrain.max_steps
-    tc = dataclasses.replace(cfg.pretrain, max_steps=steps)
+    # At least CURVE_POINTS held-out evaluations per run, so the report's held-out curves are
+    # curves (tiny's pretrain evaluates every 60 of 120 steps: two points). A few batches each.
+    every = min(cfg.pretrain.eval_every, max(1, steps // CURVE_POINTS))
+    tc = dataclasses.replace(cfg.pretrain, max_steps=steps, eval_every=every)
     return dataclasses.replace(cfg, pretrain=tc, run=dataclasses.replace(cfg.run, seed=seed))
 
 

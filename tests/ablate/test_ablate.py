@@ -247,3 +247,30 @@ def test_report_section_shows_every_arm_and_the_paper(tmp_path):
             f"{unit}: 3 points, 6.5 at step 3" in html and f"{unit}: 3 points, 6 at step 3" in html
         )
     assert sections.ablation(RunDir(str(tmp_path), "empty")) is None
+
+
+def test_every_arm_gets_the_same_settings_and_a_held_out_curve(tmp_path):
+    from phi_ray.ablate.stage import CURVE_POINTS, train_config, units
+
+    cfg = ablate_cfg(tmp_path, "a", "ablate.max_steps=120", "pretrain.eval_every=60")
+    a, b = train_config(cfg, 7), train_config(cfg, 8)
+    assert a.pretrain == b.pretrain and (a.run.seed, b.run.seed) == (7, 8)
+    assert a.pretrain.max_steps == 120 and 120 // a.pretrain.eval_every >= CURVE_POINTS
+    rare = ablate_cfg(tmp_path, "a", "ablate.max_steps=120", "pretrain.eval_every=5")
+    assert train_config(rare, 7).pretrain.eval_every == 5  # never evaluates less often
+    two = ablate_cfg(tmp_path, "a", "ablate.seeds=2", "ablate.arms=[filtered,random,lowest]")
+    assert units(two)[:3] == [("filtered", 1234), ("random", 1234), ("lowest", 1234)]
+    assert len(units(two)) == 6
+
+
+def test_units_run_side_by_side_as_the_cluster_holds_them(tmp_path, ray_session):
+    from phi_ray.ablate.stage import parallelism
+
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    cfg = ablate_cfg(tmp_path, "a")  # one worker, one CPU each
+    assert parallelism(cfg, 8) == cpus and parallelism(cfg, 1) == 1
+    wide = ablate_cfg(tmp_path, "a", f"pretrain.cpus_per_worker={cpus + 1}")
+    assert parallelism(wide, 8) == 1  # a run larger than the cluster still runs, alone
+    gpu = ablate_cfg(tmp_path, "a", "pretrain.use_gpu=true")
+    assert parallelism(gpu, 8) == 1  # no GPU here: one at a time
+    assert parallelism(ablate_cfg(tmp_path, "a", "ablate.parallel_runs=3"), 8) == 3
