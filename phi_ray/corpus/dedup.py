@@ -16,6 +16,12 @@ again on ``src`` and made distinct per block: every distinct edge reaches the dr
 ``scipy.sparse.csgraph.connected_components`` finds the clusters. Each cluster keeps its
 smallest uid; the others' uids (8 bytes each) go back to the workers as one object that the
 final pass filters against.
+
+Edges, components and the removed uids grow with the number of duplicates, and so with
+the corpus (tens of millions of edges on The Stack). None of them passes through the
+stage's driver: they are gathered and solved in one Ray task (:func:`off_driver`, zero
+CPUs, like a driver, scheduled where the cluster has room), whose result stays in the
+object store; the driver holds a reference and a count.
 """
 
 from __future__ import annotations
@@ -198,6 +204,30 @@ def _drop_removed_ref(batch: pa.Table, ref: Any) -> pa.Table:
     return batch.filter(pa.array(removed[pos] != uid))
 
 
+def off_driver(fn: Any, *args: Any) -> tuple[Any, Any]:
+    """Run ``fn(*args) -> (array, meta)`` in a zero-CPU Ray task; returns ``(ref, meta)``.
+
+    The array stays in the object store (the driver never fetches it); only ``meta``, a
+    few counts, comes back. Datasets passed in execute inside the task.
+    """
+    import ray
+
+    task = ray.remote(num_cpus=0, num_returns=2, max_retries=1)(fn)
+    ref, meta_ref = task.remote(*args)
+    return ref, ray.get(meta_ref)
+
+
+def near_removed(ds: Any, num_partitions: int, save: Any = None) -> tuple[np.ndarray, dict]:
+    """The sorted uids that near dedup removes from ``ds`` (see the module docstring), and
+    ``{"edges", "removed"}``; ``save(array)``, when given, persists the array first. Runs
+    wherever it is called: through :func:`off_driver` for a stage."""
+    src, dst = collect_edges(near_duplicate_edges(ds, num_partitions))
+    removed = duplicates_to_remove(src, dst)
+    if save is not None:
+        save(removed)
+    return removed, {"edges": len(src), "removed": len(removed)}
+
+
 def remove_near_duplicates(ds: Any, num_partitions: int) -> tuple[Any, int]:
     """``ds`` minus its near duplicates, and how many rows that removed.
 
@@ -207,13 +237,9 @@ def remove_near_duplicates(ds: Any, num_partitions: int) -> tuple[Any, int]:
     each connected component keeps its smallest uid. ``ds`` is executed twice (edges,
     then the filter): pass one read from storage, not an expensive pipeline.
     """
-    import ray
-
-    src, dst = collect_edges(near_duplicate_edges(ds, num_partitions))
-    removed = duplicates_to_remove(src, dst)
-    if not len(removed):
+    ref, meta = off_driver(near_removed, ds, num_partitions)
+    if not meta["removed"]:
         return ds, 0
-    ref = ray.put(removed)
-    return ds.map_batches(_drop_removed_ref, batch_format="pyarrow", fn_kwargs={"ref": ref}), len(
-        removed
-    )
+    return ds.map_batches(_drop_removed_ref, batch_format="pyarrow", fn_kwargs={"ref": ref}), meta[
+        "removed"
+    ]

@@ -22,6 +22,7 @@ Counts are small distributed tallies (one row per block and reason), never row l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -174,23 +175,26 @@ def ingest(ccfg: CorpusConfig, passes: Passes, out_path: str) -> dict[str, Any]:
     tin = tally(docs.select_columns(["source", "drop", "n_tokens", "n_bytes"]), ["source", "drop"])
     _check_nonempty(ccfg, tin)
     kept = sum(v["files"] for (_, d), v in tin.items() if d == "")
-    losers = np.zeros(0, dtype=np.uint64)
+    # The dedup sets (exact losers' row keys, near duplicates' uids) grow with the corpus:
+    # they are made, saved and loaded by Ray tasks and stay in the object store; the driver
+    # holds references and counts only (dedup.off_driver).
+    losers, n_losers = None, 0
     if ccfg.dedup.exact and kept:
         narrow = kept * _NARROW_ROW_BYTES / _BYTES_PER_PARTITION
         p = ccfg.dedup.num_partitions or _partitions(narrow)
         keys = ["id", "path", "repo", "row_hash"]
         passes.run_pass("exact_keys", lambda path: _exact(_kept_docs(passes, keys), p, passes))
-        losers = passes.load_array("exact_keys.npy")
-    n_exact = kept - len(losers)
-    removed, near_meta = np.zeros(0, dtype=np.uint64), {}
+        losers, n_losers = _load(passes, "exact_keys.npy")
+    n_exact = kept - n_losers
+    removed, n_removed, near_meta = None, 0, {}
     if ccfg.dedup.near and n_exact:
         p = ccfg.dedup.num_partitions or _partitions(n_exact * bands / _ROWS_PER_PARTITION)
         near_in = _kept_docs(passes, ["uid", "bands", "row_hash"], losers)
         near_meta = passes.run_pass("near", lambda path: _near(near_in, p, passes))
-        removed = passes.load_array("near.npy")
+        removed, n_removed = _load(passes, "near.npy")
     base = _kept_docs(passes, [*CORPUS_COLUMNS, "uid", "row_hash"])
-    tout = _write_corpus(ccfg, base, removed, losers, n_exact, passes, out_path)
-    return _summary(tin, tout, kept, n_exact, len(removed), bands, rows, near_meta, passes)
+    tout = _write_corpus(ccfg, base, removed, losers, n_exact - n_removed, passes, out_path)
+    return _summary(tin, tout, kept, n_exact, n_removed, bands, rows, near_meta, passes)
 
 
 def _write_docs(ccfg: CorpusConfig, sources: list, bands: int, rows: int, path: str) -> dict:
@@ -225,20 +229,18 @@ def _partitions(by_size: float) -> int:
     return max(int(ray.cluster_resources().get("CPU", 1)), math.ceil(by_size), 1)
 
 
-def _kept_docs(passes: Passes, columns: list[str], losers: np.ndarray | None = None) -> Any:
-    """The ``docs`` rows that passed the filters (minus exact ``losers``), as ``columns``.
+def _kept_docs(passes: Passes, columns: list[str], losers: Any = None) -> Any:
+    """The ``docs`` rows that passed the filters (minus exact ``losers``, an object-store
+    reference to their sorted row keys), as ``columns``.
 
     ``row_hash`` (from the file path and the row's position in the read) names a row the
     same way in every pass only if no filter is pushed into the read: the ``drop`` filter
     is therefore a ``map_batches`` behind it, never a pushdown-able ``filter(expr=...)``.
     """
-    import ray
-
     read_cols = sorted({*columns, "drop"} - {"row_hash"})
     ds = read_work(passes.path("docs"), columns=read_cols, include_row_hash=True)
-    ref = ray.put(losers) if losers is not None and len(losers) else None
     return ds.map_batches(
-        _kept_rows, batch_format="pyarrow", fn_kwargs={"columns": columns, "losers": ref}
+        _kept_rows, batch_format="pyarrow", fn_kwargs={"columns": columns, "losers": losers}
     )
 
 
@@ -254,37 +256,49 @@ def _kept_rows(batch: pa.Table, columns: list[str], losers: Any) -> pa.Table:
 
 
 def _exact(narrow: Any, num_partitions: int, passes: Passes) -> dict:
-    """Pass 2: the row keys of every exact copy but the first (saved, sorted)."""
+    """Pass 2: the row keys of every exact copy but the first (saved, sorted), in a task."""
+    return dedup.off_driver(_exact_keys, narrow, num_partitions, passes)[1]
+
+
+def _exact_keys(narrow: Any, num_partitions: int, passes: Passes) -> tuple[np.ndarray, dict]:
     losers = dedup.sorted_keys(dedup.exact_losers(narrow, num_partitions), "row_hash")
     passes.save_array("exact_keys.npy", losers)
-    return {"losers": len(losers)}
+    return losers, {"losers": len(losers)}
 
 
 def _near(base: Any, num_partitions: int, passes: Passes) -> dict:
-    """Pass 3: LSH edges -> connected components -> the uids to remove (saved)."""
-    src, dst = dedup.collect_edges(dedup.near_duplicate_edges(base, num_partitions))
-    passes.save_array("near.npy", dedup.duplicates_to_remove(src, dst))
-    return {"edges": len(src)}
+    """Pass 3: LSH edges -> connected components -> the uids to remove (saved), in a task."""
+    save = functools.partial(passes.save_array, "near.npy")
+    return dedup.off_driver(dedup.near_removed, base, num_partitions, save)[1]
+
+
+def _load(passes: Passes, name: str) -> tuple[Any, int]:
+    """A saved dedup set as an object-store reference (loaded by a task), and its size."""
+    ref, n = dedup.off_driver(_load_array, passes, name)
+    return ref, n
+
+
+def _load_array(passes: Passes, name: str) -> tuple[np.ndarray, int]:
+    arr = passes.load_array(name)
+    return arr, len(arr)
 
 
 def _write_corpus(
     ccfg: CorpusConfig,
     base: Any,
-    removed: np.ndarray,
-    losers: np.ndarray,
-    n_exact: int,
+    removed: Any,
+    losers: Any,
+    n_left: int,
     passes: Passes,
     out: str,
 ) -> dict:
-    """Pass 4: the survivors, projected to the output columns; returns the output tally."""
-    import ray
-
-    if n_exact - len(removed) <= 0:
+    """Pass 4: the survivors, projected to the output columns; returns the output tally.
+    ``removed``/``losers``: object-store references (or None), one shared copy per node."""
+    if n_left <= 0:
         log.warning("ingest: every input was dropped; writing an empty corpus")
         _write_empty(passes, out)
         return {}
-    # One shared copy of each set in the object store, not one per task.
-    refs = {"ref": ray.put(removed), "losers": ray.put(losers)}
+    refs = {"ref": removed, "losers": losers}
     base.map_batches(_drop_removed, batch_format="pyarrow", fn_kwargs=refs).write_parquet(
         out, min_rows_per_file=ccfg.rows_per_file, max_rows_per_file=ccfg.rows_per_file
     )
@@ -329,7 +343,10 @@ def read_work(path: str, **kwargs: Any) -> Any:
 def _drop_removed(batch: pa.Table, ref: Any, losers: Any) -> pa.Table:
     import ray
 
-    return dedup.drop_uids(batch, ray.get(ref), CORPUS_COLUMNS, ray.get(losers))
+    removed = ray.get(ref) if ref is not None else np.zeros(0, dtype=np.uint64)
+    return dedup.drop_uids(
+        batch, removed, CORPUS_COLUMNS, ray.get(losers) if losers is not None else None
+    )
 
 
 def tally_batch(batch: pa.Table, keys: list[str]) -> pa.Table:

@@ -150,5 +150,21 @@ def test_exact_dedup_from_narrow_keys_keeps_one_row_per_id(ray_session, docs_pas
         ("D", "d"),
     ]
     # The near pass's input: the same rows, losers already gone.
-    near_in = _kept_docs(passes, ["uid", "bands", "row_hash"], losers).to_pandas()
+    near_in = _kept_docs(passes, ["uid", "bands", "row_hash"], ray_session.put(losers))
+    near_in = near_in.to_pandas()
     assert sorted(near_in["uid"].tolist()) == [ord(c) for c in "ABCD"]
+
+
+def test_dedup_sets_are_made_off_the_driver(ray_session):
+    """The sets that grow with the corpus (edges, removed uids, exact losers) are built in
+    a Ray task and stay in the object store: the driver gets a reference and a count."""
+    import os
+
+    def array_and_pid(n: int) -> tuple[np.ndarray, int]:  # nested: pickled by value
+        import os
+
+        return np.arange(n, dtype=np.uint64), os.getpid()
+
+    ref, pid = dedup.off_driver(array_and_pid, 1000)
+    assert isinstance(ref, ray_session.ObjectRef) and pid != os.getpid()
+    assert np.array_equal(ray_session.get(ref), np.arange(1000, dtype=np.uint64))
