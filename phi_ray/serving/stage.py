@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +64,20 @@ def wait_ready(url: str, timeout_s: float = 600.0) -> dict:
     raise TimeoutError(f"serve: {url}/healthz not ready after {timeout_s:.0f}s")
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (Kubernetes, systemd, ``kill``) both shut Serve down cleanly.
+    SIGINT is re-armed because a shell starts background jobs (``cmd &``, nohup) with it
+    ignored, and Python keeps an inherited SIG_IGN: Ctrl-C would then do nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (serve from a library call)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def run(cfg: Config, run: RunDir) -> StageResult:
     """Deploy the app, wait until it is ready, then serve until interrupted."""
     from ray import serve
@@ -80,6 +96,7 @@ def run(cfg: Config, run: RunDir) -> StageResult:
     s = cfg.serve
     serve.start(http_options={"host": s.host, "port": s.port})
     url = f"http://{s.host}:{s.port}"
+    _stop_on_signals()
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         wait_ready(url)
