@@ -594,9 +594,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "port", "must be a TCP port")
         _check(self.tensor_parallel_size > 0, "tensor_parallel_size", "must be > 0")
-        _check(
-            0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]"
-        )
+        _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
         _check(self.max_batch_size > 0, "max_batch_size", "must be > 0")
         _check(1 <= self.min_replicas <= self.max_replicas, "min_replicas", "need 1 <= min <= max")
         _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
