@@ -68,13 +68,19 @@ def add_routes(app: FastAPI, ing: Any) -> None:
 def _health_routes(app: FastAPI, ing: Any) -> None:
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
-        """Ready (200) once the model is loaded; 503 while loading or after a failed load."""
+        """Ready (200) once the model and the classifier (if any) are loaded; 503 while
+        either loads or after a failed load. ``phi-ray serve`` says ready only then, so its
+        first ``/v1/quality`` is not a 503 (the vLLM application's /healthz does the same);
+        vLLM's ``/health`` below stays the model's alone."""
         model = await _status(ing.model)
         clf = await _status(ing.scorer) if ing.scorer is not None else {"state": "none"}
         details = [d for d in (model.get("detail"), clf.get("detail")) if d]
-        status = {"ready": "ok", "loading": "loading"}.get(model["state"], "error")
-        if status == "ok" and clf["state"] == "error":
+        if "error" in (model["state"], clf["state"]):
             status = "error"
+        elif model["state"] == "ready" and clf["state"] in ("ready", "none"):
+            status = "ok"
+        else:
+            status = "loading"
         body = Health(
             status=status,
             model=model["state"],
