@@ -14,7 +14,7 @@ from typing import Any
 from ray.serve import Application
 
 from phi_ray.config import ServeConfig
-from phi_ray.serving.deployments import CompletionModel, QualityScorer
+from phi_ray.serving.deployments import CompletionModel, bind_scorer
 from phi_ray.serving.ingress import Ingress, IngressSettings
 from phi_ray.serving.llm_app import choose_engine
 
@@ -96,15 +96,7 @@ def build_app(scfg: ServeConfig, model_dir: str, classifier_dir: str | None = No
         max_ongoing_requests=max(64, 4 * b),
         **_replicas(scfg, target=b),
     ).bind(model_dir, scfg.engine, b, scfg.batch_wait_timeout_s, scfg.batch_wait_max_s)
-    scorer = None
-    if classifier_dir:
-        scorer = QualityScorer.options(
-            ray_actor_options={
-                "num_cpus": scfg.classifier_num_cpus,
-                "num_gpus": scfg.classifier_num_gpus,
-            },
-            max_ongoing_requests=max(64, 2 * scfg.classifier_max_batch_size),
-        ).bind(classifier_dir, scfg.classifier_max_batch_size)
+    scorer = bind_scorer(scfg, classifier_dir)
     settings = IngressSettings(
         model_name=scfg.model_name,
         model_dir=model_dir,

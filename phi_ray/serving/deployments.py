@@ -267,3 +267,17 @@ class QualityScorer:
             out.append(([float(p) for p in probs[i:j]], [bool(x) for x in kept[i:j]]))
             i = j
         return out
+
+
+def bind_scorer(scfg: Any, classifier_dir: str | None) -> Any:
+    """The classifier deployment as both applications (transformers and vLLM) bind it, with
+    the resources ``scfg`` (a ServeConfig) gives it; None without a classifier."""
+    if not classifier_dir:
+        return None
+    return QualityScorer.options(
+        ray_actor_options={
+            "num_cpus": scfg.classifier_num_cpus,
+            "num_gpus": scfg.classifier_num_gpus,
+        },
+        max_ongoing_requests=max(64, 2 * scfg.classifier_max_batch_size),
+    ).bind(classifier_dir, scfg.classifier_max_batch_size)

@@ -131,18 +131,10 @@ class VLLMAppSpec:
 
 def vllm_app_spec(scfg: ServeConfig, model_dir: str, classifier_dir: str | None) -> VLLMAppSpec:
     """The LLMConfig, the classifier deployment and the ingress options (CPU-testable)."""
-    from phi_ray.serving.deployments import QualityScorer
+    from phi_ray.serving.deployments import bind_scorer
 
     cfg = llm_config(scfg, model_dir)
-    scorer = None
-    if classifier_dir:
-        scorer = QualityScorer.options(
-            ray_actor_options={
-                "num_cpus": scfg.classifier_num_cpus,
-                "num_gpus": scfg.classifier_num_gpus,
-            },
-            max_ongoing_requests=max(64, 2 * scfg.classifier_max_batch_size),
-        ).bind(classifier_dir, scfg.classifier_max_batch_size)
+    scorer = bind_scorer(scfg, classifier_dir)
     actor: dict[str, Any] = {"num_cpus": 0}
     # The API key reaches the ingress replicas through their environment, never through the
     # app's arguments (which Serve shows in its status).
