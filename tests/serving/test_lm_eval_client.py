@@ -14,19 +14,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
 from phi_ray.config import load_config
 from phi_ray.model.phi import build_model
 from phi_ray.model.tokenizer import get_tokenizer
+from tests.serving.kit import free_port, serve_command, serve_env, wait_health
 
 pytestmark = [
     pytest.mark.clients,
@@ -53,12 +51,6 @@ MC = [
         "answer": 0,
     },
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tasks(d: Path) -> None:
@@ -101,27 +93,15 @@ def phi_ray_serve(tmp_path_factory):
     model_dir = root / "model"
     build_model(load_config("tiny").model, seed=0).save_pretrained(model_dir)
     get_tokenizer().save_pretrained(model_dir)
-    port = _free_port()
-    # Its own local Ray, as a user's `phi-ray serve` starts (not the test session's).
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
-    cmd = [str(BIN / "phi-ray"), "serve", "--model", str(model_dir), "--port", str(port)]
-    cmd += ["--runs-dir", str(root / "runs"), "--set", "run.num_cpus=2"]
+    port = free_port()
+    cmd = [*serve_command(model_dir, root, port), "--set", "run.num_cpus=2"]
     log = open(root / "serve.log", "w")  # the process outlives this block
     proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, env=serve_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "phi-ray serve did not come up"
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_health(proc, url, root / "serve.log")
         yield {"url": url, "model": model_dir, "root": root}
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: serve shuts down and stops its Ray

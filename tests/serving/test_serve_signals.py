@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,14 +18,7 @@ import pytest
 from phi_ray.config import load_config
 from phi_ray.model.phi import build_model
 from phi_ray.model.tokenizer import get_tokenizer
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.serving.kit import free_port, serve_command, serve_env, wait_health
 
 
 def _ignore_sigint() -> None:  # what `cmd &` in a non-interactive shell does
@@ -41,28 +30,17 @@ def test_serve_shuts_down_on_a_signal_even_with_sigint_ignored_by_its_parent(tmp
     model_dir = tmp_path / "model"
     build_model(load_config("tiny").model, seed=0).save_pretrained(model_dir)
     get_tokenizer().save_pretrained(model_dir)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
-    cmd = [str(BIN / "phi-ray"), "serve", "--model", str(model_dir), "--port", str(port)]
-    cmd += ["--runs-dir", str(tmp_path / "runs"), "--set", "run.num_cpus=2"]
+    port = free_port()
+    cmd = [*serve_command(model_dir, tmp_path, port), "--set", "run.num_cpus=2"]
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cmd, env=serve_env(), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_ignore_sigint,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "phi-ray serve did not come up"
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_health(proc, url, log_path)
         proc.send_signal(sig)  # the serve process itself, as Ctrl-C's or kill's target
         rc = proc.wait(120)
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,11 +19,12 @@ import pytest
 import torch
 from conftest import stdlib_python_files
 
-from phi_ray.config import EmbedderConfig, ServeConfig, load_config
+from phi_ray.config import ServeConfig, load_config
 from phi_ray.model.phi import build_model
 from phi_ray.model.tokenizer import get_tokenizer, save_tokenizer
 from phi_ray.serving.app import build_app
 from phi_ray.serving.stage import wait_ready
+from tests.serving.kit import free_port, save_classifier
 
 KEY_ENV, KEY = "PHI_RAY_TEST_SERVE_KEY", "sk-test-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -32,29 +32,9 @@ PROMPT = "def fibonacci(n):\n    "
 LIMIT = 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _save_model(path: Path) -> None:
     build_model(load_config("tiny").model, seed=0).save_pretrained(path)
     save_tokenizer(get_tokenizer(), str(path))  # as pretrain's export writes it
-
-
-def _save_classifier(path: Path) -> None:
-    from sklearn.ensemble import RandomForestClassifier
-
-    from phi_ray.quality.classifier import QualityClassifier, build_meta
-    from phi_ray.quality.embed import Embedder
-
-    cfg = EmbedderConfig(model="tiny-codegen", max_length=64, batch_size=4, tiny_hidden=32)
-    emb = Embedder(cfg, seed=7)
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_python_files(24)]
-    y = np.array(['"""' in t for t in texts])
-    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(emb.embed(texts), y)
-    QualityClassifier(forest, build_meta(emb, threshold=0.5), emb).save(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +43,11 @@ def served(ray_session, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve")
     _save_model(root / "model")
-    _save_classifier(root / "clf")
+    save_classifier(root / "clf")
     broken = root / "broken"
     _save_model(broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    port = _free_port()
+    port = free_port()
     scfg = ServeConfig(
         engine="transformers",  # this module tests that engine (vLLM: test_serving_vllm_gpu)
         port=port,

@@ -13,9 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,22 +21,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import stdlib_python_files
 
-from phi_ray.config import EmbedderConfig, load_config
+from phi_ray.config import load_config
+from tests.serving.kit import free_port, save_classifier, serve_command, serve_env
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs the vllm extra"),
 ]
-BIN = Path(sys.executable).parent
 STOPS = ["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<|endoftext|>", "\n\n"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _export(path: Path) -> None:
@@ -49,36 +40,19 @@ def _export(path: Path) -> None:
     export_hf(build_model(mcfg, "cpu", seed=0).state_dict(), mcfg, str(path))
 
 
-def _classifier(path: Path) -> None:
-    from sklearn.ensemble import RandomForestClassifier
-
-    from phi_ray.quality.classifier import QualityClassifier, build_meta
-    from phi_ray.quality.embed import Embedder
-
-    cfg = EmbedderConfig(model="tiny-codegen", max_length=64, batch_size=4, tiny_hidden=32)
-    emb = Embedder(cfg, seed=7)
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_python_files(24)]
-    y = np.array(['"""' in t for t in texts])
-    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(emb.embed(texts), y)
-    QualityClassifier(forest, build_meta(emb, threshold=0.5), emb).save(str(path))
-
-
 @pytest.fixture(scope="module")
 def vllm_serve(tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm-serve")
     _export(root / "model")
-    _classifier(root / "clf")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"HF_HUB_OFFLINE": "1"}
-    cmd = [str(BIN / "phi-ray"), "serve", "--model", str(root / "model")]
-    cmd += ["--classifier", str(root / "clf"), "--port", str(port)]
-    cmd += ["--runs-dir", str(root / "runs")]
+    save_classifier(root / "clf")
+    port = free_port()
+    cmd = [*serve_command(root / "model", root, port), "--classifier", str(root / "clf")]
     # engine auto: CUDA and vLLM are here, so this must be the vLLM application
     for s in ("serve.gpu_memory_utilization=0.3", "serve.enforce_eager=true"):
         cmd += ["--set", s]
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, env=serve_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
