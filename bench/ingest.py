@@ -42,6 +42,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.memory import tree_rss  # noqa: E402  (after the path insert)
+
 
 def build_corpus(dst: Path, n_files: int, variant: int = 0) -> int:
     """``n_files`` stdlib files (+ planted duplicates); ``variant`` makes a disjoint copy."""
@@ -84,8 +86,7 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             try:
-                d = me.memory_info().rss
-                total = d + sum(_rss(c) for c in me.children(recursive=True))
+                d, total = tree_rss(me)
             except psutil.Error:
                 continue
             self.driver, self.node = max(self.driver, d), max(self.node, total)
@@ -99,13 +100,6 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._t.join()
-
-
-def _rss(p: psutil.Process) -> int:
-    try:
-        return p.memory_info().rss
-    except psutil.Error:
-        return 0
 
 
 def baseline(src: Path, out: Path, cfg) -> dict:

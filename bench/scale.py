@@ -47,6 +47,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.memory import tree_rss  # noqa: E402  (after the path insert)
+
 MIB = 1 << 20
 STAGES = ("ingest", "annotate", "classify", "score", "synth", "decontam", "pack")
 _KEEP = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | {"self", "cls"}
@@ -178,8 +181,7 @@ class Sampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                d = self.proc.memory_info().rss
-                node = d + sum(_rss(c) for c in self.proc.children(recursive=True))
+                d, node = tree_rss(self.proc)
             except psutil.Error:
                 break
             self.samples.append((time.time(), d, node))
@@ -188,13 +190,6 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         self._t.join()
-
-
-def _rss(p: psutil.Process) -> int:
-    try:
-        return p.memory_info().rss
-    except psutil.Error:
-        return 0
 
 
 def run_cli(corpus: Path, runs: Path, name: str, cpus: int, trace: bool) -> dict:
