@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,6 +12,7 @@ from phi_ray.config import load_config
 from phi_ray.evaluate.generate import ResumeLog, generate_endpoint
 from phi_ray.evaluate.problems import load_humaneval
 from phi_ray.llm.testserver import OpenAITestServer
+from tests.http_kit import json_200_server
 
 
 def _gen(url: str, problems, *sets: str, timeout_s: float = 30.0):
@@ -49,20 +49,7 @@ def test_choices_of_the_wrong_shape_are_empty_completions_not_a_crash():
         {"choices": [{"index": None, "text": 5}, {"text": ["x"]}], "model": "m"}
     ).encode()
 
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv, _ = json_200_server(body)
     try:
         url = f"http://127.0.0.1:{srv.server_port}/v1"
         out = _gen(url, load_humaneval()[:1], "evaluate.endpoint_model=m")

@@ -5,6 +5,7 @@ paid answer."""
 from __future__ import annotations
 
 from phi_ray.llm.testserver import OpenAITestServer
+from tests.http_kit import json_200_server
 from tests.llm.test_llm_money import _cfg, _parse, _reqs, _run, _score
 
 
@@ -29,31 +30,6 @@ def test_usage_counts_past_64_bits_neither_crash_the_batch_nor_its_reruns(tmp_pa
         assert srv.calls["ok"] == 3 and len(capped.results) == 3
 
 
-def _json_server(body: bytes):
-    """A real HTTP server that answers every POST with ``body`` (a 200) and counts them."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    calls = []
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            calls.append(1)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, calls
-
-
 def test_lone_surrogates_in_an_answer_are_not_unicode_and_never_reach_the_stage(tmp_path):
     # JSON may escape a lone surrogate ("\ud800"): the answer's `model` used to make the
     # cache's UTF-8 write raise (after the raw body was committed: every rerun raised it
@@ -67,7 +43,7 @@ def test_lone_surrogates_in_an_answer_are_not_unicode_and_never_reach_the_stage(
         b'"{\\"score\\": 3} \\udfff tail"}}], "usage": {"prompt_tokens": 3, '
         b'"completion_tokens": 5}}'
     )
-    srv, calls = _json_server(body)
+    srv, calls = json_200_server(body)
     try:
         cfg = LLMConfig(base_url=f"http://127.0.0.1:{srv.server_port}/v1", model="gpt-4")
         for _ in range(2):  # the second run is answered from the cache
