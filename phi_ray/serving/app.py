@@ -17,6 +17,7 @@ from phi_ray.config import ServeConfig
 from phi_ray.serving.deployments import CompletionModel, bind_scorer
 from phi_ray.serving.ingress import Ingress, IngressSettings
 from phi_ray.serving.llm_app import choose_engine
+from phi_ray.serving.placement import replica_options
 
 
 def _dir_files(path: str) -> tuple[str, set[str] | None]:
@@ -63,18 +64,6 @@ def check_classifier_dir(path: str) -> str:
     return path
 
 
-def _replicas(scfg: ServeConfig, target: int) -> dict[str, Any]:
-    if scfg.min_replicas == scfg.max_replicas:
-        return {"num_replicas": scfg.min_replicas}
-    return {
-        "autoscaling_config": {
-            "min_replicas": scfg.min_replicas,
-            "max_replicas": scfg.max_replicas,
-            "target_ongoing_requests": target,
-        }
-    }
-
-
 def build_app(scfg: ServeConfig, model_dir: str, classifier_dir: str | None = None) -> Application:
     """The Serve application for ``model_dir`` (and ``classifier_dir``, when given): on
     vLLM through Ray Serve LLM when :func:`~phi_ray.serving.llm_app.choose_engine` says so
@@ -94,7 +83,7 @@ def build_app(scfg: ServeConfig, model_dir: str, classifier_dir: str | None = No
     model = CompletionModel.options(
         ray_actor_options={"num_cpus": scfg.num_cpus, "num_gpus": scfg.num_gpus},
         max_ongoing_requests=max(64, 4 * b),
-        **_replicas(scfg, target=b),
+        **replica_options(scfg, target=b),
     ).bind(model_dir, scfg.engine, b, scfg.batch_wait_timeout_s, scfg.batch_wait_max_s)
     scorer = bind_scorer(scfg, classifier_dir)
     settings = IngressSettings(

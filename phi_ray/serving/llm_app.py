@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from phi_ray.config import ServeConfig
+from phi_ray.serving.placement import replica_options
 
 log = logging.getLogger("phi_ray.serving")
 
@@ -75,18 +76,9 @@ def _llm_config_cls() -> type:
 
 
 def _replicas(scfg: ServeConfig) -> dict[str, Any]:
-    if scfg.min_replicas == scfg.max_replicas:
-        return {"num_replicas": scfg.min_replicas}
-    return {
-        "autoscaling_config": {
-            "min_replicas": scfg.min_replicas,
-            "max_replicas": scfg.max_replicas,
-            # vLLM batches continuously: a replica takes several batches' worth at once
-            "target_ongoing_requests": 4 * scfg.max_batch_size,
-            # a new replica loads weights and captures CUDA graphs: minutes, not seconds
-            "downscale_delay_s": 600,
-        }
-    }
+    # vLLM batches continuously: a replica takes several batches' worth at once; a new
+    # replica loads weights and captures CUDA graphs: minutes, not seconds, to scale down.
+    return replica_options(scfg, 4 * scfg.max_batch_size, downscale_delay_s=600)
 
 
 def llm_config(scfg: ServeConfig, model_dir: str) -> Any:

@@ -92,15 +92,7 @@ class PhiLLMIngress(OpenAiIngress):
             tok = await asyncio.to_thread(AutoTokenizer.from_pretrained, local)
             self._context = int(AutoConfig.from_pretrained(local).max_position_embeddings)
             self._tokenizer = tok
-        tok = self._tokenizer
-        info = TokenizerInfo(
-            tokenizer_class=type(tok).__name__,
-            eos_token=tok.eos_token,
-            bos_token=tok.bos_token,
-            pad_token=tok.pad_token,
-            model_max_length=self._context,
-            chat_template=getattr(tok, "chat_template", None),
-        )
+        info = TokenizerInfo.of(self._tokenizer, self._context)
         return JSONResponse(info.model_dump())
 
     async def quality(self, body: QualityRequest) -> JSONResponse:

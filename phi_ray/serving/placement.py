@@ -11,6 +11,7 @@ manifests declare.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from phi_ray.config import ServeConfig
 
@@ -54,3 +55,19 @@ def fits_one_node(replicas: list[Replicas], cpus: float, gpus: int) -> bool:
             return False
         free[slot] -= g
     return True
+
+
+def replica_options(scfg: ServeConfig, target: int, **autoscaling: Any) -> dict[str, Any]:
+    """A deployment's replica options: fixed ``num_replicas`` when min == max, else Serve's
+    autoscaling between them at ``target`` ongoing requests per replica (plus any other
+    autoscaling keys an engine needs)."""
+    if scfg.min_replicas == scfg.max_replicas:
+        return {"num_replicas": scfg.min_replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": scfg.min_replicas,
+            "max_replicas": scfg.max_replicas,
+            "target_ongoing_requests": target,
+            **autoscaling,
+        }
+    }

@@ -210,15 +210,7 @@ def _tokenizer_routes(app: FastAPI, ing: Any) -> None:
     @app.get("/tokenizer_info", response_model=TokenizerInfo)
     async def tokenizer_info() -> TokenizerInfo:
         """vLLM's: what a remote tokenizer client (lm-eval's) needs to know."""
-        tok = ing.tokenizer
-        return TokenizerInfo(
-            tokenizer_class=type(tok).__name__,
-            eos_token=tok.eos_token,
-            bos_token=tok.bos_token,
-            pad_token=tok.pad_token,
-            model_max_length=ing.context,
-            chat_template=getattr(tok, "chat_template", None),
-        )
+        return TokenizerInfo.of(ing.tokenizer, ing.context)
 
 
 def _quality_routes(app: FastAPI, ing: Any) -> None:

@@ -266,6 +266,18 @@ class TokenizerInfo(BaseModel):
     model_max_length: int
     chat_template: str | None = None
 
+    @classmethod
+    def of(cls, tok: Any, context: int) -> TokenizerInfo:
+        """What ``tok`` (a transformers tokenizer) reports, with the model's context."""
+        return cls(
+            tokenizer_class=type(tok).__name__,
+            eos_token=tok.eos_token,
+            bos_token=tok.bos_token,
+            pad_token=tok.pad_token,
+            model_max_length=context,
+            chat_template=getattr(tok, "chat_template", None),
+        )
+
 
 class QualityScore(BaseModel):
     index: int
