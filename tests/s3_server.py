@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -74,9 +75,20 @@ class S3Server:
         req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
         urllib.request.urlopen(req, timeout=10).close()
 
-    def apply_env(self) -> None:
-        """Point this process (and Ray workers it starts later) at the server."""
+    @contextlib.contextmanager
+    def env_applied(self) -> Iterator[None]:
+        """Point this process (and Ray workers it starts meanwhile) at the server; the
+        variables it set are put back as they were on exit."""
+        saved = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

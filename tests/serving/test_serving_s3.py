@@ -5,8 +5,6 @@ cluster through Serve and the openai client, is in ``make rehearse``."""
 
 from __future__ import annotations
 
-import os
-
 import pyarrow.fs as pafs
 import pytest
 from s3_server import S3Server
@@ -29,9 +27,7 @@ def s3_model(tmp_path_factory):
     get_tokenizer().save_pretrained(local)
     with S3Server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
         server.create_bucket(BUCKET)
-        saved = {k: os.environ.get(k) for k in server.env}
-        server.apply_env()
-        try:
+        with server.env_applied():
             fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
             names = [p.name for p in local.iterdir()]
             for prefix, skip in (
@@ -48,12 +44,6 @@ def s3_model(tmp_path_factory):
                             destination_filesystem=fs,
                         )
             yield f"s3://{BUCKET}"
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def test_an_object_store_model_is_checked_remotely_and_loaded_from_the_nodes_copy(

@@ -27,16 +27,8 @@ def s3(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with S3Server(log) as server:
         server.create_bucket(BUCKET)
-        saved = {k: os.environ.get(k) for k in server.env}
-        server.apply_env()
-        try:
+        with server.env_applied():
             yield server, log
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def _put_split(uri: str, shards: list[np.ndarray]) -> None:
